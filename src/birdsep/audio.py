@@ -1,0 +1,200 @@
+"""Audio I/O: load any format libsndfile reads as mono float32 at a target rate, write
+atomically, and iterate over long files block by block without holding them in memory.
+
+Everything that touches a user's file goes through here, so that every failure becomes one
+:class:`AudioError` whose message names the file and the reason.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+#: Extensions collected when a folder is given (libsndfile's formats, MP3 included).
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64"}
+)
+
+
+class AudioError(Exception):
+    """A file that cannot be used; ``str(err)`` is one line: ``<path>: <reason>``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def info(path: str | os.PathLike) -> AudioInfo:
+    """Header information; raises :class:`AudioError` for unreadable or empty files."""
+    try:
+        i = sf.info(str(path))
+    except Exception as exc:  # libsndfile raises several types; all mean "cannot read"
+        raise AudioError(path, f"cannot read audio ({_short(exc)})") from None
+    if i.samplerate <= 0 or i.channels <= 0:
+        raise AudioError(path, "invalid header (no sample rate or channels)")
+    if i.frames <= 0:
+        raise AudioError(path, "empty file (0 samples)")
+    return AudioInfo(str(path), int(i.samplerate), int(i.channels), int(i.frames))
+
+
+def _short(exc: Exception) -> str:
+    msg = str(exc).strip().splitlines()
+    return (msg[-1] if msg else type(exc).__name__)[:200]
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """(T,) or (T, C) → (T,) float32 by averaging channels."""
+    x = np.asarray(x, dtype=np.float32)
+    return x.mean(axis=1) if x.ndim == 2 else x
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample along the last axis with soxr (high quality). (..., T) → (..., T')."""
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    # soxr wants (T, C)
+    flat = x.reshape(-1, x.shape[-1]).T
+    out = soxr.resample(np.ascontiguousarray(flat), sr_in, sr_out, quality="HQ").T
+    return np.ascontiguousarray(out.reshape(*x.shape[:-1], -1), dtype=np.float32)
+
+
+def check_finite(path: str | os.PathLike, x: np.ndarray) -> None:
+    if not np.all(np.isfinite(x)):
+        raise AudioError(path, "contains NaN or infinite samples")
+
+
+def load(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    start: float = 0.0,
+    duration: float | None = None,
+    min_duration: float = 0.0,
+) -> tuple[np.ndarray, int]:
+    """Load ``path`` (or a part of it) as mono float32.
+
+    Returns ``(x, sr)`` with ``x`` of shape (T,), resampled to ``sample_rate`` when given.
+    Raises :class:`AudioError` (one line naming the file) for unreadable, empty, too short
+    or non-finite audio.
+    """
+    meta = info(path)
+    if meta.duration < min_duration:
+        raise AudioError(path, f"too short ({meta.duration:.2f} s < {min_duration:g} s)")
+    first = int(round(start * meta.sample_rate))
+    frames = -1 if duration is None else int(round(duration * meta.sample_rate))
+    try:
+        x, sr = sf.read(str(path), start=first, frames=frames, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
+    if x.shape[0] == 0:
+        raise AudioError(path, "empty file (0 samples)")
+    x = to_mono(x)
+    check_finite(path, x)
+    if sample_rate is not None and sample_rate != sr:
+        x, sr = resample(x, sr, sample_rate), sample_rate
+    return x, sr
+
+
+def blocks(path: str | os.PathLike, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks at the file's own rate; memory stays flat."""
+    meta = info(path)
+    size = max(1, int(block_seconds * meta.sample_rate))
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                x = f.read(size, dtype="float32", always_2d=True)
+                if x.shape[0] == 0:
+                    return
+                x = to_mono(x)
+                check_finite(path, x)
+                yield x
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
+
+
+def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """Expand files and folders (recursively) into ``(file, root)`` pairs, sorted.
+
+    ``root`` is the folder the user named (or the file's parent), so that outputs can mirror
+    the input tree. A missing path raises :class:`AudioError`.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
+                    found.append((f, p))
+        elif p.is_file():
+            found.append((p, p.parent))
+        else:
+            raise AudioError(p, "no such file or folder")
+    return found
+
+
+def relative_stem(path: Path, root: Path) -> str:
+    """``root/a/b.wav`` → ``a/b``: the name outputs for ``path`` are stored under."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+    return str(rel.with_suffix(""))
+
+
+def atomic_path(final: str | os.PathLike) -> tuple[Path, Path]:
+    """A temporary path beside ``final`` (same folder, so ``os.replace`` is atomic)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp), final
+
+
+def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> None:
+    """Write (T,) or (C, T) audio atomically (temporary name, then rename)."""
+    x = np.asarray(x, dtype=np.float32)
+    data = x.T if x.ndim == 2 else x
+    tmp, final = atomic_path(path)
+    try:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format=_format_of(final))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _format_of(path: Path) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    return {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}.get(ext, "WAV")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    tmp, final = atomic_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
