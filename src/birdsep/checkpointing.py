@@ -1,0 +1,20 @@
+"""Crash-safe checkpoints shared by both trainings: a ``kill -9`` never leaves a
+half-written checkpoint under the final name (write to a temporary file, then rename)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""MixIT sound separation: model, loss, data, training and long-file inference."""

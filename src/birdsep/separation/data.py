@@ -1,0 +1,210 @@
+"""Mixtures of mixtures (MoMs) from folders of unlabelled recordings.
+
+A :class:`RecordingIndex` scans the files once (block by block, memory flat) for their
+length and an energy profile; windows are then read straight from disk at the file's own
+rate and resampled with soxr, so a corpus of thousands of hours needs no decoding pass into
+memory. Windows with energy are favoured: all-silent windows teach MixIT nothing.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from birdsep import audio
+from birdsep.audio import AudioError
+
+log = logging.getLogger(__name__)
+
+FRAME_SECONDS = 0.5  # energy profile resolution
+MIN_SECONDS = 1.0  # shorter files are skipped
+SILENT_DB = -80.0  # files whose loudest frame is below this (dBFS) are skipped
+ACTIVE_MARGIN_DB = 6.0  # a window is "active" this far above the file's noise floor
+QUIET_WEIGHT = 0.1  # relative chance of drawing a window that is not active
+
+
+@dataclass
+class Recording:
+    path: str
+    sample_rate: int
+    frames: int
+    frame_db: list[float]  # energy (dBFS) of consecutive FRAME_SECONDS frames
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def scan(path: str | os.PathLike) -> Recording:
+    """Read a file once, block by block, for its energy profile. Raises :class:`AudioError`."""
+    meta = audio.info(path)
+    if meta.duration < MIN_SECONDS:
+        raise AudioError(path, f"too short ({meta.duration:.2f} s < {MIN_SECONDS:g} s)")
+    hop = int(FRAME_SECONDS * meta.sample_rate)
+    db: list[float] = []
+    carry = np.zeros(0, dtype=np.float32)
+    frames = 0
+    for block in audio.blocks(path, block_seconds=60.0):
+        frames += len(block)
+        carry = np.concatenate([carry, block])
+        n = len(carry) // hop
+        if n:
+            power = np.mean(carry[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1)
+            db.extend((10 * np.log10(power + 1e-12)).tolist())
+            carry = carry[n * hop:]
+    if len(carry) > hop // 4:
+        db.append(float(10 * np.log10(np.mean(carry.astype(np.float64) ** 2) + 1e-12)))
+    if frames / meta.sample_rate < MIN_SECONDS:
+        raise AudioError(path, f"too short ({frames / meta.sample_rate:.2f} s < {MIN_SECONDS:g} s)")
+    if not db or max(db) < SILENT_DB:
+        raise AudioError(path, f"silent (loudest {FRAME_SECONDS:g} s frame below {SILENT_DB:g} dBFS)")
+    return Recording(str(path), meta.sample_rate, frames, [round(v, 2) for v in db])
+
+
+def collect(inputs: list[str], exclude: tuple[str, ...] = ()) -> list[Path]:
+    """Audio files under ``inputs``, minus those matching any ``exclude`` glob (path or name)."""
+    files = []
+    for f, _root in audio.find_audio(inputs):
+        if any(fnmatch.fnmatch(str(f), pat) or fnmatch.fnmatch(f.name, pat) for pat in exclude):
+            continue
+        files.append(f)
+    return files
+
+
+class RecordingIndex:
+    """The usable recordings of a corpus with their energy profiles (optionally cached as JSON)."""
+
+    def __init__(self, recordings: list[Recording], skipped: list[str]):
+        self.recordings = recordings
+        self.skipped = skipped
+
+    @classmethod
+    def build(cls, inputs: list[str], exclude: tuple[str, ...] = (), cache: Path | None = None,
+              progress: bool = True) -> "RecordingIndex":
+        files = collect(inputs, exclude)
+        cached: dict[str, dict] = {}
+        if cache is not None and cache.exists():
+            try:
+                cached = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                cached = {}
+        recordings, skipped, fresh = [], [], {}
+        from tqdm import tqdm
+
+        for f in tqdm(files, desc="scanning audio", unit="file", disable=not progress or len(files) < 20):
+            st = f.stat()
+            key = f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+            entry = cached.get(key)
+            if entry is None:
+                try:
+                    entry = asdict(scan(f))
+                except AudioError as exc:
+                    entry = {"error": exc.reason, "path": str(f)}
+            fresh[key] = entry
+            if "error" in entry:
+                skipped.append(f"{f}: {entry['error']}")
+                log.warning("skipping %s: %s", f, entry["error"])
+            else:
+                recordings.append(Recording(**entry))
+        if cache is not None:
+            audio.write_text_atomic(cache, json.dumps(fresh))
+        return cls(recordings, skipped)
+
+    @property
+    def hours(self) -> float:
+        return sum(r.duration for r in self.recordings) / 3600
+
+
+class WindowSampler:
+    """Draws ``seconds``-long windows, favouring those with energy, and reads them resampled."""
+
+    def __init__(self, index: RecordingIndex, seconds: float, sample_rate: int):
+        if not index.recordings:
+            raise ValueError("no usable recordings")
+        self.recordings = index.recordings
+        self.seconds, self.sample_rate = seconds, sample_rate
+        self.length = int(round(seconds * sample_rate))
+        self.starts: list[np.ndarray] = []  # candidate start frames per file
+        self.weights: list[np.ndarray] = []
+        k = max(1, int(round(seconds / FRAME_SECONDS)))
+        for rec in self.recordings:
+            db = np.asarray(rec.frame_db)
+            power = 10 ** (db / 10)
+            n = max(1, len(db) - k + 1)
+            window_db = 10 * np.log10(np.convolve(power, np.ones(k) / k, mode="valid")[:n] + 1e-12) if len(db) >= k \
+                else np.array([10 * np.log10(power.mean() + 1e-12)])
+            floor = np.percentile(db, 10)
+            w = np.where(window_db >= floor + ACTIVE_MARGIN_DB, 1.0, QUIET_WEIGHT)
+            w = np.where(window_db < SILENT_DB, 0.0, w)
+            self.starts.append(np.arange(len(w)))
+            self.weights.append(w)
+        totals = np.array([w.sum() for w in self.weights])
+        self.file_p = totals / totals.sum()
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One window (T,) float32 at ``sample_rate``; shorter files are zero-padded at a random offset."""
+        i = rng.choice(len(self.recordings), p=self.file_p)
+        rec, w = self.recordings[i], self.weights[i]
+        j = rng.choice(len(w), p=w / w.sum())
+        start = (self.starts[i][j] + rng.uniform(0, 1)) * FRAME_SECONDS
+        start = min(start, max(0.0, rec.duration - self.seconds))
+        x = self.read(rec, start)
+        if len(x) < self.length:
+            off = int(rng.integers(0, self.length - len(x) + 1))
+            x = np.pad(x, (off, self.length - len(x) - off))
+        return x[: self.length]
+
+    def read(self, rec: Recording, start: float) -> np.ndarray:
+        first = int(start * rec.sample_rate)
+        n = int(math.ceil(self.seconds * rec.sample_rate)) + 1
+        try:
+            x, sr = sf.read(rec.path, start=first, frames=n, dtype="float32", always_2d=True)
+        except Exception as exc:  # a file that changed or broke since it was scanned
+            log.warning("cannot read %s at %.1f s: %s", rec.path, start, exc)
+            return np.zeros(self.length, dtype=np.float32)
+        x = np.nan_to_num(audio.to_mono(x))
+        return audio.resample(x, sr, self.sample_rate)
+
+
+def normalise(x: np.ndarray, rng: np.random.Generator, low_db: float = -40.0, high_db: float = -15.0) -> np.ndarray:
+    """Scale to a random RMS level in [low_db, high_db] dBFS (silent input stays silent)."""
+    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    if rms < 1e-7:
+        return x
+    return (x * (10 ** (rng.uniform(low_db, high_db) / 20) / rms)).astype(np.float32)
+
+
+def draw_mom(sampler: WindowSampler, rng: np.random.Generator) -> np.ndarray:
+    """Two reference mixtures (2, T): their sum is the separator's input."""
+    return np.stack([normalise(sampler.draw(rng), rng), normalise(sampler.draw(rng), rng)])
+
+
+class MoMDataset(torch.utils.data.IterableDataset):
+    """An endless stream of MoMs (2, T), seeded per seed, rank and worker."""
+
+    def __init__(self, sampler: WindowSampler, seed: int):
+        super().__init__()
+        self.sampler, self.seed = sampler, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rng = np.random.default_rng([self.seed, rank, worker])
+        while True:
+            yield torch.from_numpy(draw_mom(self.sampler, rng))
+
+
+def fixed_moms(sampler: WindowSampler, count: int, seed: int):
+    """The same ``count`` MoMs for the same corpus and seed: an evaluation set. Yields (2, T)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        yield torch.from_numpy(draw_mom(sampler, rng))

@@ -1,0 +1,260 @@
+"""The separator of Wisdom et al. (2020) as used by Denton et al. (2022), §2.2.
+
+Learned analysis basis → TDCN++ mask network → M sigmoid masks × analysis coefficients →
+learned synthesis basis with overlap-add → mixture-consistency projection.
+
+Shapes use fixed letters: B batch, M sources, T samples, F frames, C channels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as Fn
+from torch import nn
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class SeparatorConfig:
+    """Everything needed to rebuild a separator; stored as JSON beside its weights."""
+
+    sample_rate: int = 22050
+    num_sources: int = 4  # M
+    window_ms: float = 1.0  # analysis/synthesis basis window
+    hop_ms: float = 0.5
+    num_coeffs: int = 256  # basis size N
+    bottleneck: int = 256  # TDCN++ residual width
+    hidden: int = 512  # TDCN++ block width
+    kernel: int = 3
+    repeats: int = 4
+    blocks: int = 8  # per repeat; dilations 1, 2, … 2**(blocks-1)
+    residual_scale_init: float = 0.9  # block i's output scale starts at this ** i
+    norm_eps: float = 1e-8
+    consistency: str = "uniform"  # uniform | learned | magsq | none
+    clip_seconds: float = 6.0  # training mixture length (not a limit at inference)
+
+    @property
+    def window(self) -> int:
+        return max(2, int(round(self.window_ms * self.sample_rate / 1000)))
+
+    @property
+    def hop(self) -> int:
+        return max(1, int(round(self.hop_ms * self.sample_rate / 1000)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SeparatorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown separator config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+#: ``paper``: the published size (≈8.8 M parameters at M = 4).
+#: ``small``: sized to train usefully in an hour on 2 CPU cores (2.5 ms basis, 2 × 8 blocks
+#: of width 128/256, 4 s mixtures): about 30× fewer multiply-adds per second of audio.
+PRESETS: dict[str, SeparatorConfig] = {
+    "paper": SeparatorConfig(),
+    "small": SeparatorConfig(
+        window_ms=2.5, hop_ms=1.25, num_coeffs=128, bottleneck=128, hidden=256, repeats=2, blocks=8,
+        clip_seconds=4.0,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> SeparatorConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+class LearnedBasis(nn.Module):
+    """Learnable analysis (framed dense layer + ReLU) and synthesis (overlap-add) bases."""
+
+    def __init__(self, window: int, hop: int, num_coeffs: int):
+        super().__init__()
+        self.window, self.hop = window, hop
+        self.analysis = nn.Conv1d(1, num_coeffs, window, stride=hop, bias=False)
+        self.synthesis = nn.ConvTranspose1d(num_coeffs, 1, window, stride=hop, bias=False)
+
+    def frames_for(self, length: int) -> int:
+        return max(1, math.ceil(max(0, length - self.window) / self.hop) + 1)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., T) → (..., T') with T' = window + (F-1)·hop ≥ T, zero-padded on the right."""
+        frames = self.frames_for(x.shape[-1])
+        return Fn.pad(x, (0, self.window + (frames - 1) * self.hop - x.shape[-1]))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T') → (B, N, F) non-negative coefficients."""
+        return torch.relu(self.analysis(x.unsqueeze(1)))
+
+    def decode(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B·M, N, F) → (B·M, T') by overlap-add of the synthesis basis."""
+        return self.synthesis(coeffs).squeeze(1)
+
+
+class ChannelNorm(nn.Module):
+    """Per-channel normalisation over time with a learned gain and bias ("instance norm")."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.norm = nn.GroupNorm(channels, channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, F) → (B, C, F)
+        return self.norm(x)
+
+
+class TDCNBlock(nn.Module):
+    """1×1 → PReLU → norm → dilated depthwise conv → PReLU → norm → 1×1 × scale, + input."""
+
+    def __init__(self, bottleneck: int, hidden: int, kernel: int, dilation: int, scale: float, eps: float):
+        super().__init__()
+        self.inp = nn.Conv1d(bottleneck, hidden, 1, bias=False)
+        self.act1 = nn.PReLU(hidden)
+        self.norm1 = ChannelNorm(hidden, eps)
+        self.depthwise = nn.Conv1d(hidden, hidden, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2,
+                                   groups=hidden)
+        self.act2 = nn.PReLU(hidden)
+        self.norm2 = ChannelNorm(hidden, eps)
+        self.out = nn.Conv1d(hidden, bottleneck, 1, bias=False)
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C=bottleneck, F) → same
+        y = self.norm1(self.act1(self.inp(x)))  # (B, hidden, F)
+        y = self.norm2(self.act2(self.depthwise(y)))  # (B, hidden, F)
+        return x + self.scale * self.out(y)  # (B, bottleneck, F)
+
+
+class TDCNpp(nn.Module):
+    """TDCN++ mask network: dense in → repeats × blocks (dilations 1…2^(blocks-1)) → M masks."""
+
+    def __init__(self, cfg: SeparatorConfig):
+        super().__init__()
+        self.num_sources, self.num_coeffs = cfg.num_sources, cfg.num_coeffs
+        self.inp = nn.Conv1d(cfg.num_coeffs, cfg.bottleneck, 1, bias=True)
+        self.blocks = nn.ModuleList(
+            TDCNBlock(cfg.bottleneck, cfg.hidden, cfg.kernel, 2 ** b, cfg.residual_scale_init ** (r * cfg.blocks + b),
+                      cfg.norm_eps)
+            for r in range(cfg.repeats)
+            for b in range(cfg.blocks)
+        )
+        self.act = nn.PReLU(cfg.bottleneck)
+        self.masks = nn.Conv1d(cfg.bottleneck, cfg.num_sources * cfg.num_coeffs, 1, bias=True)
+        # Per-source logits for the learned mixture-consistency weights.
+        self.mix_weights = nn.Linear(cfg.bottleneck, cfg.num_sources) if cfg.consistency == "learned" else None
+
+    def forward(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, F) → masks (B, M, N, F) in [0, 1], and consistency weights (B, M) or None."""
+        h = self.inp(coeffs)  # (B, bottleneck, F)
+        for block in self.blocks:
+            h = block(h)
+        h = self.act(h)
+        masks = torch.sigmoid(self.masks(h))  # (B, M·N, F)
+        masks = masks.view(h.shape[0], self.num_sources, self.num_coeffs, h.shape[-1])
+        weights = None
+        if self.mix_weights is not None:
+            weights = torch.softmax(self.mix_weights(h.mean(dim=-1)), dim=-1)  # (B, M)
+        return masks, weights
+
+
+def mixture_consistency(
+    mixture: torch.Tensor, sources: torch.Tensor, weights: torch.Tensor | str | None = "uniform", eps: float = 1e-8
+) -> torch.Tensor:
+    """Project sources so they sum to the mixture: ŝ_m + w_m (x − Σ ŝ).
+
+    mixture (B, T), sources (B, M, T); ``weights`` is (B, M) summing to 1, or "uniform"
+    (w = 1/M), or "magsq" (w ∝ ‖ŝ_m‖²). Returns (B, M, T); inputs are not modified.
+    """
+    residual = mixture - sources.sum(dim=1)  # (B, T)
+    if isinstance(weights, str) or weights is None:
+        if weights in (None, "uniform"):
+            w = torch.full(sources.shape[:2], 1.0 / sources.shape[1], dtype=sources.dtype, device=sources.device)
+        elif weights == "magsq":
+            power = sources.pow(2).mean(dim=-1)  # (B, M)
+            w = (power + eps) / (power + eps).sum(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"unknown consistency weights {weights!r}")
+    else:
+        w = weights
+    return sources + w.unsqueeze(-1) * residual.unsqueeze(1)
+
+
+class Separator(nn.Module):
+    """Mixture (B, T) → M sources (B, M, T) that sum to the mixture (unless consistency is none)."""
+
+    def __init__(self, cfg: SeparatorConfig):
+        super().__init__()
+        if cfg.num_sources < 2:
+            raise ValueError("a separator needs at least 2 sources")
+        self.config = cfg
+        self.basis = LearnedBasis(cfg.window, cfg.hop, cfg.num_coeffs)
+        self.masknet = TDCNpp(cfg)
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:
+        """mixture (B, T) or (T,) → sources (B, M, T) or (M, T)."""
+        single = mixture.dim() == 1
+        x = mixture.unsqueeze(0) if single else mixture  # (B, T)
+        length = x.shape[-1]
+        padded = self.basis.pad(x)  # (B, T')
+        coeffs = self.basis.encode(padded)  # (B, N, F)
+        masks, weights = self.masknet(coeffs)  # (B, M, N, F), (B, M) | None
+        masked = masks * coeffs.unsqueeze(1)  # (B, M, N, F)
+        b, m, n, f = masked.shape
+        sources = self.basis.decode(masked.reshape(b * m, n, f)).view(b, m, -1)[..., :length]  # (B, M, T)
+        mode = self.config.consistency
+        if mode != "none":
+            sources = mixture_consistency(x, sources, weights if mode == "learned" else mode)
+        return sources[0] if single else sources
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def save_model(model: Separator, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` ({format_version, kind, config}) atomically."""
+    from safetensors.torch import save_file
+
+    from birdsep.audio import atomic_path, write_text_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp, final = atomic_path(folder / WEIGHTS_NAME)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "kind": "separator", "config": model.config.to_dict()}
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def load_separator(folder: str | Path, device: str | torch.device = "cpu") -> Separator:
+    """Load a folder written by :func:`save_model` (strict: every weight must match)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("kind", "separator") != "separator":
+        raise ValueError(f"{folder}: not a birdsep separator (format {meta.get('format_version')})")
+    model = Separator(SeparatorConfig.from_dict(meta["config"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    return model.to(device).eval()
