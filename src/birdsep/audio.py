@@ -22,6 +22,10 @@ AUDIO_EXTENSIONS = frozenset(
 )
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class AudioError(Exception):
     """A file that cannot be used; ``str(err)`` is one line: ``<path>: <reason>``."""
 
@@ -171,6 +175,7 @@ def atomic_path(final: str | os.PathLike) -> tuple[Path, Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished outputs get the usual mode
     return Path(tmp), final
 
 

@@ -95,7 +95,7 @@ def _devices(value: str):
 
 
 def train_separator(data: list[str], opts: TrainOptions) -> Path:
-    from birdsep.cli import UsageError
+    from birdsep.errors import UsageError
 
     out = Path(opts.out)
     ckpt = out / "checkpoints" / "last.ckpt"
@@ -142,12 +142,13 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / "checkpoints", every_n_train_steps=opts.checkpoint_every, save_last=True, save_top_k=0,
     )
-    loggers = [L.pytorch.loggers.CSVLogger(out, name="logs"), L.pytorch.loggers.TensorBoardLogger(out, name="logs")]
+    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
+               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard")]
     trainer = L.Trainer(
         max_steps=opts.steps, max_epochs=-1, precision=opts.precision, accelerator=opts.accelerator,
         devices=_devices(opts.devices), strategy=opts.strategy, num_nodes=opts.num_nodes,
         callbacks=[checkpoint, ExportModel(out)], logger=loggers, plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=opts.grad_clip, log_every_n_steps=10, enable_progress_bar=opts.progress,
+        gradient_clip_val=opts.grad_clip, log_every_n_steps=min(10, opts.checkpoint_every), enable_progress_bar=opts.progress,
         enable_model_summary=False, default_root_dir=out,
     )
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if opts.resume and ckpt.exists() else None)

@@ -1,0 +1,5 @@
+import sys
+
+from birdsep.cli import main
+
+sys.exit(main())

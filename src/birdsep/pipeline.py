@@ -1,0 +1,341 @@
+"""Separate recordings on disk: one file (streamed block by block) or a whole batch
+(resumable, atomic outputs, an error log, parallel jobs, a progress bar).
+
+For each input, ``OUT/<name>/`` receives ``source_1.wav … source_M.wav``, for inputs
+sampled above the model's rate ``high_band.wav`` (what lies above the model's band, so that
+all files together sum to the input), optionally ``separation.png`` / ``separation.mp4``,
+and last ``separation.json``, whose presence marks the input as finished.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from birdsep import __version__, audio
+from birdsep.audio import AudioError
+from birdsep.separation.apply import BlockSettings, separate_stream
+
+log = logging.getLogger(__name__)
+
+MIN_SECONDS = 0.05
+RESULT_NAME = "separation.json"
+ERROR_LOG = "errors.log"
+WAV_LIMIT_BYTES = 3_900_000_000  # above this a float WAV needs the RF64 container
+
+
+@dataclass(frozen=True)
+class SeparateOptions:
+    out: str = "separated"
+    model: str | None = None
+    sample_rate: str = "native"  # native | an integer rate
+    block_seconds: float = 6.0
+    overlap: float = 0.5
+    device: str = "auto"  # cpu | cuda | auto
+    precision: str = "auto"  # fp32 | bf16 | auto
+    plot: bool = False
+    video: bool = False
+    jobs: int = 1
+    threads: int | None = None
+    progress: bool = True
+
+
+def pick_device(device: str) -> str:
+    from birdsep.errors import UsageError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r} (cpu | cuda | auto)")
+    return device
+
+
+def pick_precision(precision: str, device: str) -> str:
+    from birdsep.errors import UsageError
+
+    if precision == "auto":
+        # bf16 pays on GPUs; on CPUs fp32 stays the default until benchmarks show otherwise
+        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise UsageError(f"unknown precision {precision!r} (fp32 | bf16 | auto)")
+    return precision
+
+
+def _resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int = 1) -> Iterator[np.ndarray]:
+    """Stream-resample chunks ((t,) for one channel, (C, t) for several) with soxr."""
+    if sr_in == sr_out:
+        yield from chunks
+        return
+    stream = soxr.ResampleStream(sr_in, sr_out, channels, dtype="float32", quality="HQ")
+    for c in chunks:
+        y = stream.resample_chunk(np.ascontiguousarray(c.T if channels > 1 else c))
+        if len(y):
+            yield y.T if channels > 1 else y
+    y = stream.resample_chunk(np.zeros((0, channels) if channels > 1 else 0, np.float32), last=True)
+    if len(y):
+        yield y.T if channels > 1 else y
+
+
+class _Tee:
+    """Passes chunks through while keeping a copy in a FIFO (to line the input up with outputs)."""
+
+    def __init__(self, chunks: Iterator[np.ndarray]):
+        self.chunks, self.fifo, self.size = chunks, deque(), 0
+
+    def __iter__(self):
+        for c in self.chunks:
+            self.fifo.append(c)
+            self.size += len(c)
+            yield c
+
+    def take(self, n: int) -> np.ndarray:
+        parts, got = [], 0
+        while got < n and self.fifo:
+            c = self.fifo.popleft()
+            k = min(n - got, len(c))
+            parts.append(c[:k])
+            if k < len(c):
+                self.fifo.appendleft(c[k:])
+            got += k
+        self.size -= got
+        x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return np.pad(x, (0, n - len(x)))
+
+
+def output_dir(path: Path, root: Path, out: Path) -> Path:
+    return out / audio.relative_stem(path, root)
+
+
+def is_done(folder: Path, opts: SeparateOptions) -> bool:
+    result = folder / RESULT_NAME
+    if not result.is_file():
+        return False
+    try:
+        meta = json.loads(result.read_text())
+    except (OSError, ValueError):
+        return False
+    files = [s["file"] for s in meta.get("sources", [])] + ([meta["high_band"]] if meta.get("high_band") else [])
+    wanted = files + (["separation.png"] if opts.plot else []) + (["separation.mp4"] if opts.video else [])
+    return all((folder / f).is_file() for f in wanted)
+
+
+def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_name: str = "") -> dict:
+    """Separate one file into ``folder``; returns what goes into separation.json. Raises AudioError."""
+    from birdsep.plots import SpectrogramAccumulator, VideoError, make_video, plot_separation
+
+    started = time.time()
+    meta = audio.info(path)
+    if meta.duration < MIN_SECONDS:
+        raise AudioError(path, f"too short ({meta.duration:.3f} s < {MIN_SECONDS:g} s)")
+    sr_in, sr_model = meta.sample_rate, model.config.sample_rate
+    sr_out = sr_in if opts.sample_rate == "native" else int(opts.sample_rate)
+    m = model.config.num_sources
+    device = pick_device(opts.device)
+    settings = BlockSettings(opts.block_seconds, opts.overlap, device, pick_precision(opts.precision, device))
+    keep_high_band = sr_out == sr_in and sr_in > sr_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by an interrupted earlier run
+        stale.unlink(missing_ok=True)
+    names = [f"source_{k + 1}.wav" for k in range(m)] + (["high_band.wav"] if keep_high_band else [])
+    expected = int(round(meta.frames * sr_out / sr_in))
+    fmt = "RF64" if expected * 4 > WAV_LIMIT_BYTES else "WAV"
+    tmps = [audio.atomic_path(folder / n)[0] for n in names]
+    writers = [sf.SoundFile(str(t), "w", samplerate=sr_out, channels=1, subtype="FLOAT", format=fmt) for t in tmps]
+    energy = np.zeros(m + 1)
+    written = 0
+    spec = None
+    if opts.plot or opts.video:
+        spec = SpectrogramAccumulator(sr_model, m + 1, int(meta.duration * sr_model) + 1)
+    try:
+        native = _Tee(audio.blocks(path, block_seconds=10.0))
+        model_rate = _resampled(iter(native), sr_in, sr_model)
+
+        separated = separate_stream(model, model_rate, sr_model, settings)
+
+        def with_spectrogram(chunks):  # the sources sum to the model-rate mixture: row 0 of the picture
+            for s in chunks:
+                if spec is not None:
+                    spec.add(np.concatenate([s.sum(0, keepdims=True), s], axis=0))
+                yield s
+
+        for chunk in _resampled(with_spectrogram(separated), sr_model, sr_out, channels=m):
+            chunk = chunk[:, : max(0, expected - written)]
+            if chunk.shape[1] == 0:
+                continue
+            for k in range(m):
+                writers[k].write(chunk[k])
+            energy[:m] += (chunk.astype(np.float64) ** 2).sum(1)
+            if keep_high_band:
+                residual = native.take(chunk.shape[1]) - chunk.sum(0)
+                writers[m].write(residual)
+                energy[m] += float((residual.astype(np.float64) ** 2).sum())
+            written += chunk.shape[1]
+        if written < expected:  # resampler rounding: pad the last few samples
+            pad = np.zeros(expected - written, np.float32)
+            for w in writers:
+                w.write(pad)
+    except BaseException:
+        for w in writers:
+            w.close()
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        raise
+    for w in writers:
+        w.close()
+    for t, n in zip(tmps, names):
+        os.replace(t, folder / n)
+
+    total = energy[:m].sum() + energy[m] if keep_high_band else energy[:m].sum()
+    result = {
+        "birdsep_version": __version__,
+        "input": str(path),
+        "duration_s": round(meta.frames / sr_in, 4),
+        "input_sample_rate": sr_in,
+        "input_channels": meta.channels,
+        "output_sample_rate": sr_out,
+        "model": model_name,
+        "model_config": model.config.to_dict(),
+        "settings": {**asdict(settings), "sample_rate": opts.sample_rate},
+        "sources": [{"file": names[k], "energy_db": _db(energy[k]), "energy_share": _share(energy[k], total)}
+                    for k in range(m)],
+        "high_band": names[m] if keep_high_band else None,
+        "high_band_energy_db": _db(energy[m]) if keep_high_band else None,
+    }
+    if spec is not None:
+        power, times, freqs = spec.result()
+        area = plot_separation(power[0], power[1:], times, freqs, folder / "separation.png",
+                               title=f"{path.name} — {m} sources ({Path(model_name).name or 'model'})")
+        if opts.video:
+            try:
+                make_video(folder / "separation.png", path, meta.duration, area, folder / "separation.mp4")
+            except VideoError as exc:
+                raise AudioError(path, str(exc)) from None
+    result["elapsed_s"] = round(time.time() - started, 3)
+    audio.write_text_atomic(folder / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _db(e: float) -> float:
+    return round(float(10 * np.log10(e + 1e-20)), 2)
+
+
+def _share(e: float, total: float) -> float:
+    return round(float(e / total), 4) if total > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------ batches
+
+_worker_model = None
+
+
+def _init_worker(model_path, threads):
+    global _worker_model
+    from birdsep.pretrained import load_model
+
+    torch.set_num_threads(threads)
+    _worker_model = load_model(model_path)
+
+
+def _run_one(path: str, folder: str, opts: SeparateOptions, model_name: str, model=None):
+    """Returns (path, duration, error line or None, traceback or None)."""
+    model = model if model is not None else _worker_model
+    try:
+        res = separate_file(Path(path), Path(folder), model, opts, model_name)
+        return path, res["duration_s"], None, None
+    except AudioError as exc:
+        return path, 0.0, str(exc), None
+    except Exception as exc:  # keep the batch going; the details go to errors.log
+        return path, 0.0, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
+
+
+@dataclass
+class BatchSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    hours: float = 0.0
+
+
+def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
+    from tqdm import tqdm
+
+    from birdsep.pretrained import load_model, resolve
+
+    out = Path(opts.out)
+    model_folder = resolve(opts.model)
+    summary = BatchSummary()
+    todo: list[tuple[Path, Path]] = []
+    errors: list[tuple[str, str | None]] = []
+    for item in inputs:
+        try:
+            found = audio.find_audio([item])
+        except AudioError as exc:
+            errors.append((str(exc), None))
+            continue
+        if Path(item).is_dir() and not found:
+            errors.append((f"{item}: no audio files in this folder", None))
+        for f, root in found:
+            folder = output_dir(f, root, out)
+            if is_done(folder, opts):
+                summary.skipped.append(str(f))
+            else:
+                todo.append((f, folder))
+    out.mkdir(parents=True, exist_ok=True)
+
+    def report(line: str, tb: str | None):
+        summary.failed.append(line)
+        tqdm.write(f"error: {line}", file=sys.stderr)
+        with open(out / ERROR_LOG, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
+            if tb:
+                fh.write(tb)
+
+    for line, tb in errors:
+        report(line, tb)
+    if summary.skipped:
+        print(f"{len(summary.skipped)} file(s) already separated in {out}: skipped")
+    bar = tqdm(total=len(todo), unit="file", desc="separating", disable=not opts.progress or not todo)
+
+    def finish(path, duration, err, tb):
+        if err:
+            report(err, tb)
+        else:
+            summary.done.append(path)
+            summary.hours += duration / 3600
+        bar.update(1)
+        bar.set_postfix(hours=f"{summary.hours:.2f}", failed=len(summary.failed))
+
+    jobs = max(1, min(opts.jobs, len(todo)))
+    if jobs == 1:
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        model = load_model(model_folder) if todo else None
+        for f, folder in todo:
+            finish(*_run_one(str(f), str(folder), opts, str(model_folder), model))
+    else:
+        import multiprocessing as mp
+
+        threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(str(model_folder), threads)) as pool:
+            futures = [pool.submit(_run_one, str(f), str(folder), opts, str(model_folder)) for f, folder in todo]
+            for fut in as_completed(futures):
+                finish(*fut.result())
+    bar.close()
+    return summary

@@ -1,0 +1,151 @@
+"""Long-file separation: overlapping blocks, a smooth cross-fade, and source alignment.
+
+The one place chunked inference lives. Input arrives as a stream of chunks at the model's
+rate; output leaves as a stream of finished (M, t) chunks, so memory stays flat however
+long the recording. Consecutive blocks overlap by ``overlap`` of their length; in the
+overlap the earlier block fades out (cos²) while the later fades in (sin²), weights that
+sum to exactly one, so sources still sum to the input. Before the fade, the later block's
+sources are reordered to match the earlier block's over the overlap (the permutation of
+least squared difference, via the Hungarian algorithm), so source k keeps one voice
+through an hour-long file.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    block_seconds: float = 6.0
+    overlap: float = 0.5  # fraction of a block shared with the next (0 < overlap ≤ 0.5)
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16
+
+    def __post_init__(self):
+        if not 0 < self.overlap <= 0.5:
+            raise ValueError("overlap must be in (0, 0.5]")
+        if self.block_seconds <= 0:
+            raise ValueError("block length must be positive")
+
+
+def fades(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fade_in, fade_out) of ``length`` samples with fade_in + fade_out = 1 exactly."""
+    fade_in = np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length) ** 2
+    return fade_in.astype(np.float32), (1.0 - fade_in).astype(np.float32)
+
+
+PROFILE_BANDS = 48  # spectral profile resolution for alignment
+PROFILE_DECAY = 0.8  # per block: how long a track remembers what it sounded like
+
+
+def band_power(x: np.ndarray, bands: int = PROFILE_BANDS) -> np.ndarray:
+    """(M, T) → (M, bands): power in equal-width frequency bands (a coarse spectral profile)."""
+    n = min(512, x.shape[-1] - x.shape[-1] % 2) or 2
+    frames = x[:, : x.shape[-1] // n * n].reshape(x.shape[0], -1, n) if x.shape[-1] >= n else x[:, None, :n]
+    spec = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[-1]), axis=-1)) ** 2  # (M, K, n/2+1)
+    spec = spec.sum(1)
+    edges = np.linspace(0, spec.shape[-1], bands + 1).astype(int)
+    return np.add.reduceat(spec, edges[:-1], axis=-1)
+
+
+def align(previous: np.ndarray, current: np.ndarray, profiles: np.ndarray | None = None,
+          current_profiles: np.ndarray | None = None) -> np.ndarray:
+    """The order of ``current``'s sources that best continues the previous tracks.
+
+    previous, current (M, O): the tracks and the new sources over the overlap. Their
+    normalised squared difference (0 = identical, 1 = unrelated) is the main cost. A voice
+    that is silent in the overlap (a bird between two songs) is placed by ``profiles``
+    (M, bands), each track's remembered spectrum, against ``current_profiles`` (M, bands),
+    the new sources' spectra: cost 1 − cosine similarity of their square roots.
+    Returns perm (M,) with current[perm] continuing previous.
+    """
+    eps = 1e-10
+    p_pow = (previous ** 2).sum(-1)[:, None]
+    c_pow = (current ** 2).sum(-1)[None, :]
+    diff = ((previous[:, None, :] - current[None, :, :]) ** 2).sum(-1)  # (M, M)
+    cost = diff / (p_pow + c_pow + eps)
+    if profiles is not None and current_profiles is not None:
+        a = np.sqrt(np.maximum(profiles, 0))
+        b = np.sqrt(np.maximum(current_profiles, 0))
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        cos = (a @ b.T) / (na[:, None] * nb[None, :] + eps)
+        known = (na[:, None] > eps) & (nb[None, :] > eps)
+        cost = cost + np.where(known, 1.0 - cos, 0.5)
+    _, perm = linear_sum_assignment(cost)
+    return perm
+
+
+def run_model(model: torch.nn.Module, block: np.ndarray, settings: BlockSettings) -> np.ndarray:
+    """(T,) float32 at the model's rate → (M, T) float32."""
+    x = torch.from_numpy(np.ascontiguousarray(block)).to(settings.device).unsqueeze(0)  # (1, T)
+    dev_type = torch.device(settings.device).type
+    cast = torch.autocast(dev_type, dtype=torch.bfloat16) if settings.precision == "bf16" else nullcontext()
+    with torch.inference_mode(), cast:
+        y = model(x)[0]  # (M, T)
+    y = y.float()
+    if settings.precision == "bf16":  # restore exact mixture consistency lost to rounding
+        y = y + (x[0] - y.sum(0)) / y.shape[0]
+    return y.cpu().numpy()
+
+
+def separate_stream(model: torch.nn.Module, chunks: Iterable[np.ndarray], sample_rate: int,
+                    settings: BlockSettings = BlockSettings()) -> Iterator[np.ndarray]:
+    """Separate a stream of mono chunks (t,) at ``sample_rate`` into finished source chunks (M, t').
+
+    The concatenated output has exactly the input's length and sums to it (up to float error).
+    """
+    length = max(2, int(round(settings.block_seconds * sample_rate)))
+    overlap = max(1, int(round(settings.overlap * length)))
+    hop = length - overlap
+    fade_in, fade_out = fades(overlap)
+
+    source = iter(chunks)
+    buf = np.zeros(0, dtype=np.float32)  # input not yet consumed; buf[0] is sample `pos`
+    exhausted = False
+    pending = None  # (M, overlap) faded-out tail of the previous block
+    previous_tail = None  # (M, overlap) previous block's sources over the overlap, unfaded
+    profiles = None  # (M, bands) each track's decaying spectral profile
+    first = True
+    while True:
+        while not exhausted and len(buf) <= length:  # one sample past the block tells "not last"
+            try:
+                buf = np.concatenate([buf, np.asarray(next(source), dtype=np.float32)])
+            except StopIteration:
+                exhausted = True
+        if len(buf) == 0:
+            return
+        last = len(buf) <= length
+        block = buf[:length]
+        sources = run_model(model, block, settings)  # (M, n)
+        n = sources.shape[1]
+        block_profiles = band_power(sources)
+        if previous_tail is not None:
+            perm = align(previous_tail, sources[:, :overlap], profiles, block_profiles)
+            sources, block_profiles = sources[perm], block_profiles[perm]
+        profiles = block_profiles if profiles is None else PROFILE_DECAY * profiles + block_profiles
+        out = sources.copy()
+        if not first:
+            out[:, :overlap] *= fade_in
+            out[:, :overlap] += pending
+        if last:
+            yield out
+            return
+        out[:, n - overlap:] *= fade_out
+        yield out[:, : n - overlap]
+        pending = out[:, n - overlap:]
+        previous_tail = sources[:, n - overlap:]
+        buf = buf[hop:]
+        first = False
+
+
+def separate_array(model: torch.nn.Module, mixture: np.ndarray, sample_rate: int,
+                   settings: BlockSettings = BlockSettings()) -> np.ndarray:
+    """(T,) at the model's rate → (M, T), through the same blocks as a long file."""
+    parts = list(separate_stream(model, [mixture], sample_rate, settings))
+    return np.concatenate(parts, axis=1) if parts else np.zeros((model.config.num_sources, 0), np.float32)

@@ -1,0 +1,102 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from birdsep import audio
+from birdsep.separation.mixit import mixit_loss
+from birdsep.separation.model import (PRESETS, LearnedBasis, Separator, SeparatorConfig, TDCNpp, count_parameters,
+                                      load_separator, mixture_consistency, preset, save_model)
+
+TINY = SeparatorConfig(num_coeffs=32, bottleneck=16, hidden=32, repeats=1, blocks=3)
+
+
+@pytest.mark.parametrize("length", [1, 21, 22, 23, 1001, 22050])
+def test_basis_shapes_any_length(length):
+    cfg = TINY
+    basis = LearnedBasis(cfg.window, cfg.hop, cfg.num_coeffs)
+    x = torch.randn(2, length)
+    padded = basis.pad(x)
+    assert padded.shape[-1] >= length and (padded.shape[-1] - cfg.window) % cfg.hop == 0
+    coeffs = basis.encode(padded)
+    assert coeffs.shape == (2, cfg.num_coeffs, basis.frames_for(length))
+    assert (coeffs >= 0).all()
+    assert basis.decode(coeffs).shape == padded.shape
+
+
+def test_tdcn_shapes():
+    net = TDCNpp(dataclasses.replace(TINY, num_sources=3))
+    masks, w = net(torch.rand(2, 32, 77))
+    assert masks.shape == (2, 3, 32, 77) and w is None
+    assert masks.min() >= 0 and masks.max() <= 1
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+@pytest.mark.parametrize("length", [333, 4097])
+@pytest.mark.parametrize("consistency", ["uniform", "learned", "magsq"])
+def test_separator_sums_to_input(m, length, consistency):
+    sep = Separator(dataclasses.replace(TINY, num_sources=m, consistency=consistency))
+    x = torch.randn(3, length)
+    x_copy = x.clone()
+    y = sep(x)
+    assert y.shape == (3, m, length)
+    torch.testing.assert_close(y.sum(1), x, atol=1e-5, rtol=0)
+    assert torch.equal(x, x_copy), "the caller's tensor is not modified"
+    assert sep(x[0]).shape == (m, length)
+
+
+def test_consistency_projection_weights():
+    x = torch.randn(2, 100)
+    s = torch.randn(2, 4, 100)
+    for w in ["uniform", "magsq", torch.softmax(torch.randn(2, 4), -1)]:
+        torch.testing.assert_close(mixture_consistency(x, s, w).sum(1), x, atol=1e-5, rtol=0)
+    # uniform moves every source by the same residual/M
+    out = mixture_consistency(x, s, "uniform")
+    torch.testing.assert_close(out - s, ((x - s.sum(1)) / 4).unsqueeze(1).expand_as(s))
+
+
+def test_presets():
+    assert 8_000_000 <= count_parameters(Separator(preset("paper", num_sources=4))) <= 9_500_000
+    small = count_parameters(Separator(preset("small")))
+    assert small < 2_000_000
+    assert preset("paper").window == 22 and preset("paper").hop == 11  # 1 ms / 0.5 ms at 22.05 kHz
+    with pytest.raises(ValueError):
+        preset("huge")
+    assert set(PRESETS) >= {"paper", "small"}
+
+
+def test_save_load_identical(tmp_path):
+    sep = Separator(dataclasses.replace(TINY, consistency="learned")).eval()
+    save_model(sep, tmp_path / "m")
+    loaded = load_separator(tmp_path / "m")
+    x = torch.randn(1, 999)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sep(x), atol=0, rtol=0)
+    assert loaded.config == sep.config
+
+
+def test_load_rejects_mismatched_weights(tmp_path):
+    save_model(Separator(TINY), tmp_path / "m")
+    cfg = (tmp_path / "m" / "config.json")
+    cfg.write_text(cfg.read_text().replace('"hidden": 32', '"hidden": 48'))
+    with pytest.raises(RuntimeError):
+        load_separator(tmp_path / "m")
+
+
+def test_loss_decreases_on_real_batch(data_dir):
+    """A few Adam steps on one fixed batch of real MoMs lower the MixIT loss."""
+    files = sorted((data_dir / "xc").glob("*/*.mp3"))[:4]
+    clips = [audio.load(f, 22050, start=2.0, duration=1.0)[0] for f in files]
+    refs = torch.from_numpy(np.stack([np.stack([clips[0], clips[1]]), np.stack([clips[2], clips[3]])]))
+    refs = refs / refs.abs().amax(dim=-1, keepdim=True)
+    sep = Separator(dataclasses.replace(preset("small"), repeats=1, blocks=4))
+    opt = torch.optim.Adam(sep.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss, _ = mixit_loss(refs, sep(refs.sum(1)))
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+        losses.append(loss.mean().item())
+    assert losses[-1] < losses[0] - 1.0, losses

@@ -1,0 +1,185 @@
+"""End to end: `birdsep separate` on real recordings with the shipped model, and the Python API."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import birdsep
+from birdsep import audio
+from birdsep.cli import main
+from birdsep.pretrained import DEFAULT_SEPARATOR
+
+pytestmark = pytest.mark.slow
+
+
+def read_sum(folder):
+    meta = json.loads((folder / "separation.json").read_text())
+    files = [s["file"] for s in meta["sources"]] + ([meta["high_band"]] if meta["high_band"] else [])
+    tracks = [sf.read(folder / f, dtype="float32")[0] for f in files]
+    return meta, np.sum(tracks, axis=0), tracks
+
+
+def test_edge_cases_each_separated_or_one_clear_line(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["separate", str(data_dir / "edge_cases"), "-o", str(out), "-q"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    files = sorted(p for p in (data_dir / "edge_cases").iterdir() if p.suffix in (".wav", ".mp3"))
+    errors = (out / "errors.log").read_text().splitlines() if (out / "errors.log").exists() else []
+    for f in files:
+        done = (out / f.stem / "separation.json").exists()
+        failed = [line for line in errors if f.name in line]
+        assert done != bool(failed), f"{f.name}: separated={done} error lines={failed}"
+        if failed:
+            assert len(failed) == 1 and ("empty" in failed[0] or "too short" in failed[0])
+            assert f.name in captured.err
+        else:
+            meta, total, _ = read_sum(out / f.stem)
+            x, sr = sf.read(f, dtype="float32", always_2d=True)
+            assert meta["output_sample_rate"] == sr and len(total) == len(x)
+            np.testing.assert_allclose(total, x.mean(1), atol=2e-4)
+    assert code == 1, "a batch with failures exits non-zero"
+    assert any("empty_2c.wav" in e for e in errors)
+
+
+def test_sources_sum_to_input_high_rate_stereo(data_dir, tmp_path):
+    """A 32 kHz field recording: the sources + high band sum to the input; at 22.05 kHz the sources alone do."""
+    src = data_dir / "soundscapes" / "annotated" / "Recording_1_Segment_07-first10s.flac"
+    assert main(["separate", str(src), "-o", str(tmp_path / "a"), "-q"]) == 0
+    meta, total, tracks = read_sum(tmp_path / "a" / src.stem)
+    x, sr = audio.load(src)
+    assert meta["output_sample_rate"] == sr == 32000 and meta["high_band"] == "high_band.wav"
+    np.testing.assert_allclose(total, x, atol=2e-4)
+    assert len(tracks) == meta["model_config"]["num_sources"] + 1
+
+    assert main(["separate", str(src), "-o", str(tmp_path / "b"), "--sample-rate", "22050", "-q"]) == 0
+    meta, total, _ = read_sum(tmp_path / "b" / src.stem)
+    x22, _ = audio.load(src, 22050)
+    assert meta["output_sample_rate"] == 22050 and meta["high_band"] is None
+    np.testing.assert_allclose(total, x22, atol=2e-4)
+
+
+def long_input(data_dir, minutes=3.0):
+    """Several minutes of real audio: clips of the Jura soundscapes and a planted blackcap song."""
+    sr = 22050
+    bed = np.concatenate([audio.load(f, sr)[0] for f in sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*0000.flac"))[:18]])
+    bed = bed[: int(minutes * 60 * sr)] * 0.3
+    voice, _ = audio.load(sorted((data_dir / "xc" / "blackcap").glob("*.mp3"))[0], sr, duration=8.0)
+    voice = voice / (np.abs(voice).max() + 1e-9) * 0.5
+    planted = np.zeros_like(bed)
+    for start in range(0, len(bed) - len(voice), 20 * sr):  # the same song every 20 s
+        planted[start:start + len(voice)] += voice
+    return bed, planted, sr
+
+
+def test_long_file_in_blocks_keeps_sum_and_voice(data_dir, tmp_path):
+    bed, planted, sr = long_input(data_dir)
+    mix = (bed + planted).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, mix, sr, subtype="FLOAT")
+    assert main(["separate", str(path), "-o", str(tmp_path / "out"), "-q", "--plot"]) == 0
+    meta, total, tracks = read_sum(tmp_path / "out" / "long")
+    assert len(total) == len(mix)
+    np.testing.assert_allclose(total, mix, atol=2e-4)
+    assert (tmp_path / "out" / "long" / "separation.png").stat().st_size > 10_000
+    # the planted song: in every 20 s segment where it sings, which source carries most of it?
+    seg = 20 * sr
+    owners = []
+    for start in range(0, len(mix) - seg + 1, seg):
+        v = planted[start:start + seg]
+        scores = [float(np.dot(t[start:start + seg], v)) for t in tracks[: meta["model_config"]["num_sources"]]]
+        owners.append(int(np.argmax(scores)))
+    most = max(set(owners), key=owners.count)
+    assert owners.count(most) >= 0.8 * len(owners), f"the planted voice moved between sources: {owners}"
+
+
+def test_interrupted_batch_resumes(data_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*.flac"))[:6]:
+        shutil.copy(f, inputs / f.name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "birdsep", "separate", str(inputs), "-o", str(out), "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*/separation.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/separation.json")}
+    assert 2 <= len(finished) < 6
+    for d in out.iterdir():  # no half-written file under a final name
+        if d.is_dir() and not (d / "separation.json").exists():
+            assert not list(d.glob("source_*.wav")) or all(sf.info(p).frames > 0 for p in d.glob("source_*.wav"))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert f"{len(finished)} already done" in r.stdout
+    for name, mtime in finished.items():
+        assert (out / name / "separation.json").stat().st_mtime_ns == mtime, f"{name} was redone"
+    assert len(list(out.glob("*/separation.json"))) == 6
+    assert not list(out.rglob(".*.tmp")), "temporary files cleaned up"
+    originals = sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*.flac"))[:6]
+    for f in originals:  # the user's files are untouched
+        assert (inputs / f.name).read_bytes() == f.read_bytes()
+
+
+def test_parallel_jobs_and_bad_inputs(data_dir, tmp_path, capsys):
+    inputs = [data_dir / "soundscapes" / "pennsylvania" / f"aru_{i}.flac" for i in (1, 2, 3)]
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    nan = tmp_path / "nan.wav"
+    x = np.random.default_rng(0).standard_normal(22050).astype(np.float32)
+    x[100] = np.nan
+    sf.write(nan, x, 22050, subtype="FLOAT")
+    code = main(["separate", *map(str, inputs), str(bad), str(nan), str(tmp_path / "missing.flac"),
+                 "-o", str(tmp_path / "out"), "-j", "2", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    assert "corrupt.wav: cannot read audio" in err and "nan.wav: contains NaN" in err and "no such file" in err
+    assert all((tmp_path / "out" / f.stem / "separation.json").exists() for f in inputs)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
+def test_video(data_dir, tmp_path):
+    src = data_dir / "soundscapes" / "pennsylvania" / "aru_1.flac"
+    assert main(["separate", str(src), "-o", str(tmp_path), "--video", "-q"]) == 0
+    mp4 = tmp_path / src.stem / "separation.mp4"
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type",
+                            "-of", "json", str(mp4)], capture_output=True, text=True)
+    info = json.loads(probe.stdout)
+    assert {s["codec_type"] for s in info["streams"]} == {"video", "audio"}
+    assert float(info["format"]["duration"]) == pytest.approx(sf.info(src).duration, abs=0.5)
+
+
+def test_video_without_ffmpeg_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    src = data_dir / "soundscapes" / "pennsylvania" / "aru_1.flac"
+    assert main(["separate", str(src), "-o", str(tmp_path), "--video", "-q"]) == 1
+    assert "ffmpeg not found" in capsys.readouterr().err
+
+
+def test_python_api_numpy_and_torch(data_dir):
+    x, sr = audio.load(data_dir / "soundscapes" / "pennsylvania" / "aru_2.flac")
+    sources, rate = birdsep.separate(x, sr)
+    assert isinstance(sources, np.ndarray) and rate == sr and sources.shape == (4, len(x))
+    assert np.abs(sources.sum(0) - x).max() < 0.05  # above 11 kHz the model's band ends
+    stereo = torch.from_numpy(np.stack([x, x]))
+    t_sources, rate = birdsep.separate(stereo, sr, model=birdsep.load_model(DEFAULT_SEPARATOR), output_rate=22050)
+    assert isinstance(t_sources, torch.Tensor) and rate == 22050
+    assert t_sources.shape == (4, int(round(len(x) * 22050 / sr)))
+    with pytest.raises(ValueError):
+        birdsep.separate(np.full(100, np.nan), sr)
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    assert main(["separate", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    assert "no model here" in capsys.readouterr().err

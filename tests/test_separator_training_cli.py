@@ -1,0 +1,85 @@
+"""End to end: train-separator (kill -9, resume) and eval-separator on real recordings."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from birdsep.cli import main
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--preset", "small", "--clip-seconds", "1", "--batch-size", "2", "--workers", "0", "--threads", "2"]
+
+
+def birdsep(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "birdsep.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def last_step(run):
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["global_step"]
+
+
+def test_train_kill_resume_evaluate(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train = [data_dir / "xc" / "veery", data_dir / "xc" / "wood_thrush", data_dir / "soundscapes" / "spinetail"]
+    cmd = [sys.executable, "-m", "birdsep.cli", "train-separator", *map(str, train), "--out", str(run),
+           "--steps", "1000", "--checkpoint-every", "3", *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "last.ckpt").exists():
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = last_step(run)
+    assert killed_at >= 3
+    assert (run / "model.safetensors").exists() and (run / "config.json").exists()
+
+    # without --resume the run directory is protected
+    r = birdsep("train-separator", *train, "--out", run, "--steps", "5", *FAST)
+    assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+    r = birdsep("train-separator", *train, "--out", run, "--steps", killed_at + 3, "--resume", *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert last_step(run) == killed_at + 3, "resumed from the checkpoint, not from scratch"
+    assert list((run / "logs" / "csv").rglob("metrics.csv")), "CSV log written"
+    assert list((run / "logs" / "tensorboard").rglob("events.out.tfevents*")), "TensorBoard log written"
+
+    report = tmp_path / "report.json"
+    r = birdsep("eval-separator", "--model", run, data_dir / "xc" / "veery" / "veery_recording_2.mp3",
+                data_dir / "xc" / "blackcap", "--mixtures", "4", "--clip-seconds", "2", "--json", report)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MoMi" in r.stdout
+    rep = json.loads(report.read_text())
+    assert rep["mixtures"] == 4 and rep["num_sources"] == 4
+    assert -30 < rep["momi_mean"] < 30 and 0 <= rep["active_sources_mean"] <= 4
+
+
+def test_eval_is_deterministic(data_dir, tmp_path):
+    args = ["eval-separator", data_dir / "xc" / "blackcap", "--mixtures", "3", "--clip-seconds", "2"]
+    a = birdsep(*args, "--json", tmp_path / "a.json")
+    b = birdsep(*args, "--json", tmp_path / "b.json")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr[-1000:]
+    assert json.loads((tmp_path / "a.json").read_text())["momi_mean"] == json.loads((tmp_path / "b.json").read_text())["momi_mean"]
+
+
+def test_no_usable_audio_is_a_clear_error(data_dir, tmp_path, capsys):
+    bad = [data_dir / "edge_cases" / n for n in ("empty_2c.wav", "stereo.wav", "veryshort.wav", "silence_10s.mp3")]
+    code = main(["train-separator", *map(str, bad), "--out", str(tmp_path / "r"), "--steps", "1"])
+    err = capsys.readouterr()
+    assert code == 2
+    assert "no usable audio" in err.err
+    for f in bad:
+        assert f.name in err.out  # one line per skipped file, with the reason
+    assert "silent" in err.out and "too short" in err.out
+
+    code = main(["eval-separator", str(tmp_path / "missing.wav")])
+    assert code == 2 and "no such file" in capsys.readouterr().err
