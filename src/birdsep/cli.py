@@ -181,6 +181,116 @@ def _add_separate(sub) -> None:
     p.set_defaults(func=run)
 
 
+# --------------------------------------------------------------------------- classification
+
+
+def _add_train_classifier(sub) -> None:
+    p = sub.add_parser("train-classifier", help="train the taxonomic bird classifier on weakly labelled recordings")
+    p.add_argument("data", help="a folder with one sub-folder per species, or a CSV (file, primary, background)")
+    p.add_argument("--out", required=True, help="run directory (cache, checkpoints, logs, final model)")
+    p.add_argument("--noise", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="folders of noise / non-bird recordings for the noise augmentations")
+    p.add_argument("--species-list", default=None, metavar="FILE",
+                   help="target species, one per line; recordings of other species train only the taxonomy heads")
+    p.add_argument("--taxonomy", default=None, metavar="CSV",
+                   help="extra or overriding taxonomy: CSV with species,genus,family,order")
+    p.add_argument("--backbone", default="b0", choices=["b0", "b1", "b2"], help="EfficientNet size (default b0)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K", help="train K members; logits are averaged")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps per member")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-windows", type=int, default=5, help="activity windows per recording (default 5)")
+    p.add_argument("--no-augment", action="append", default=[], metavar="NAME",
+                   help="switch off an augmentation: crop, gain, mix, noise, noise-only, lowpass (repeatable)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="carry on from RUN_DIR's last checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu | gpu | auto")
+    p.add_argument("--devices", default="auto", help="Lightning devices (count or list)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(a):
+        from birdsep.classification.train import TrainOptions, train_classifier
+
+        opts = TrainOptions(
+            out=a.out, noise=tuple(a.noise), species_list=a.species_list, taxonomy=a.taxonomy, backbone=a.backbone,
+            ensemble=a.ensemble, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_windows=a.max_windows,
+            no_augment=tuple(a.no_augment), checkpoint_every=a.checkpoint_every, resume=a.resume, seed=a.seed,
+            workers=a.workers, precision=a.precision, accelerator=a.accelerator, devices=a.devices,
+            threads=a.threads, progress=not a.no_progress,
+        )
+        train_classifier(a.data, opts)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_classify_clips(sub) -> None:
+    p = sub.add_parser("classify-clips", help="per-species probabilities for each 5 s window of audio files")
+    p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a train-classifier run directory")
+    p.add_argument("--top", type=int, default=None, metavar="K", help="print only the K most probable species")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+
+    def run(a):
+        from birdsep.classification.infer import classify_clips
+
+        return classify_clips(a.model, a.files, top=a.top, threads=a.threads)
+
+    p.set_defaults(func=run)
+
+
+def _add_detect_activity(sub) -> None:
+    p = sub.add_parser("detect-activity", help="the 6 s windows of peak activity in each recording")
+    p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
+    p.add_argument("--windows", type=int, default=5, help="at most this many windows per file (default 5)")
+    p.add_argument("--seconds", type=float, default=6.0, help="window length (default 6)")
+
+    def run(a):
+        from birdsep.activity import detect_activity_files
+
+        return detect_activity_files(a.files, window_seconds=a.seconds, max_windows=a.windows)
+
+    p.set_defaults(func=run)
+
+
+def _add_separate(sub) -> None:
+    p = sub.add_parser("separate", help="split recordings into per-source tracks")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
+    p.add_argument("-o", "--out", default="separated", help="output folder (default: ./separated)")
+    p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
+    p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
+    p.add_argument("--block", type=float, default=6.0, help="block length in seconds for long files")
+    p.add_argument("--overlap", type=float, default=0.5, help="fraction of a block shared with the next (<= 0.5)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--precision", default="auto", help="fp32 | bf16 | auto")
+    p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
+    p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def run(a):
+        from birdsep.pipeline import SeparateOptions, separate_batch
+
+        if a.sample_rate != "native" and not a.sample_rate.isdigit():
+            raise UsageError(f"--sample-rate must be 'native' or a number of Hz, not {a.sample_rate!r}")
+        if not 0 < a.overlap <= 0.5 or a.block <= 0:
+            raise UsageError("--block must be positive and --overlap in (0, 0.5]")
+        opts = SeparateOptions(out=a.out, model=a.model, sample_rate=a.sample_rate, block_seconds=a.block,
+                               overlap=a.overlap, device=a.device, precision=a.precision, plot=a.plot or a.video,
+                               video=a.video, jobs=a.jobs, threads=a.threads, progress=not a.quiet)
+        s = separate_batch(a.inputs, opts)
+        print(f"separated {len(s.done)} file(s) ({s.hours:.2f} h) into {a.out}; {len(s.skipped)} already done; "
+              f"{len(s.failed)} failed" + (f" (see {a.out}/errors.log)" if s.failed else ""))
+        return 1 if s.failed else 0
+
+    p.set_defaults(func=run)
+
+
 COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train_classifier, _add_classify_clips,
             _add_detect_activity]
 
