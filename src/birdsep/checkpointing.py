@@ -18,3 +18,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (accelerator lines, tips, deprecations) off the
+    user's terminal; progress, losses and real warnings still show (``-v`` shows all)."""
+    import logging
+    import warnings
+
+    if logging.getLogger().level <= logging.INFO:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*LeafSpec.*", ".*weights_only.*", ".*litlogger.*", ".*does not have many workers.*",
+                    ".*IterableDataset.*__len__.*"):
+        warnings.filterwarnings("ignore", message=pattern)

@@ -81,23 +81,25 @@ def plot_separation(mixture: np.ndarray, sources: np.ndarray, times: np.ndarray,
 
     eps = 1e-12
     mix_db = 10 * np.log10(mixture + eps)
-    top = mix_db.max()
-    span = [times[0] - (times[1] - times[0] if len(times) > 1 else 0) / 2, times[-1] + (times[1] - times[0] if len(times) > 1 else 0) / 2]
-    extent = [max(0.0, span[0]), span[1], freqs[0] / 1000, freqs[-1] / 1000]
+    # Scale to the recording, not to its loudest bin (often low-frequency rumble): the floor is
+    # the median bin, the top a high percentile, at most ``dynamic_range_db`` apart.
+    top = float(np.percentile(mix_db, 99.7))
+    floor = max(float(np.median(mix_db)), top - dynamic_range_db)
+    step = times[1] - times[0] if len(times) > 1 else 0.0
+    extent = [max(0.0, times[0] - step / 2), times[-1] + step / 2, freqs[0] / 1000, freqs[-1] / 1000]
 
     fig, ax = plt.subplots(figsize=(14, 5.5), dpi=100)
-    ax.imshow(np.clip(mix_db, top - dynamic_range_db, top), origin="lower", aspect="auto", extent=extent,
-              cmap="Greys", alpha=0.55)
+    ax.imshow(np.clip(mix_db, floor, top), origin="lower", aspect="auto", extent=extent, cmap="Greys", alpha=0.6)
     src_db = 10 * np.log10(sources + eps)  # (M, F, N)
-    winner = src_db.argmax(axis=0)  # (F, N)
+    winner = src_db.argmax(axis=0)  # (F, N): the source that dominates each bin
     loud = np.take_along_axis(src_db, winner[None], 0)[0]
     share = np.take_along_axis(sources, winner[None], 0)[0] / (sources.sum(axis=0) + eps)  # 1/M … 1
     m_count = sources.shape[0]
     dominance = np.clip((share - 1 / m_count) / (1 - 1 / m_count), 0, 1)
-    level = np.clip((loud - (top - dynamic_range_db * 0.75)) / (dynamic_range_db * 0.6), 0, 1)
-    alpha = level * (0.4 + 0.6 * dominance)
+    level = np.clip((loud - floor - 3.0) / max(top - floor - 3.0, 1e-6), 0, 1)
+    alpha = level * (0.35 + 0.65 * dominance)
     rgba = np.zeros(winner.shape + (4,))
-    for m in range(sources.shape[0]):
+    for m in range(m_count):
         rgba[winner == m, :3] = to_rgb(COLOURS[m % len(COLOURS)])
     rgba[..., 3] = alpha
     ax.imshow(rgba, origin="lower", aspect="auto", extent=extent, interpolation="nearest")

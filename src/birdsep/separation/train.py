@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from birdsep.audio import write_text_atomic
-from birdsep.checkpointing import AtomicCheckpointIO
+from birdsep.checkpointing import AtomicCheckpointIO, quiet_lightning
 from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler
 from birdsep.separation.mixit import DEFAULT_SNR_MAX, mixit_loss
 from birdsep.separation.model import Separator, SeparatorConfig, preset, save_model
@@ -97,6 +97,7 @@ def _devices(value: str):
 def train_separator(data: list[str], opts: TrainOptions) -> Path:
     from birdsep.errors import UsageError
 
+    quiet_lightning()
     out = Path(opts.out)
     ckpt = out / "checkpoints" / "last.ckpt"
     options_file = out / "options.json"

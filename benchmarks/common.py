@@ -1,0 +1,54 @@
+"""Shared bits for the benchmark scripts: the machine line and table printing."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}")
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"machine: {machine()}")
+    print(f"date:    {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print()
+
+
+def table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print(" | ".join(c.ljust(width[c]) for c in cols))
+    print("-|-".join("-" * width[c] for c in cols))
+    for r in rows:
+        print(" | ".join(str(r[c]).ljust(width[c]) for c in cols))
+    print()
+
+
+def best_of(fn, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)

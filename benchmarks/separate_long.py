@@ -1,0 +1,85 @@
+"""`birdsep separate` end to end on long recordings: real-time factor and peak memory.
+
+Builds 1, 10 and 60-minute recordings by tiling a real field recording from ../shared/data
+(32 kHz Pennsylvania dawn chorus, written as FLAC block by block), then times the whole
+command — decoding, resampling, separation, writing — in a fresh process each, reading the
+peak resident memory (RSS) from the operating system.
+
+    .venv/bin/python benchmarks/separate_long.py [--minutes 1 10 60] [--model PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from common import header, table
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCE = DATA / "soundscapes" / "pennsylvania" / "dawn_chorus_1min.flac"
+
+MEASURE = """
+import resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(rc, wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+"""
+
+
+def make_recording(path: Path, minutes: float) -> None:
+    x, sr = sf.read(SOURCE, dtype="float32")
+    if x.ndim == 2:
+        x = x.mean(1)
+    total = int(minutes * 60 * sr)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, format="FLAC", subtype="PCM_16") as f:
+        done = 0
+        while done < total:
+            n = min(len(x), total - done)
+            f.write(x[:n])
+            done += n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for birdsep separate")
+    args = ap.parse_args()
+    if not SOURCE.exists():
+        sys.exit(f"needs {SOURCE}")
+    header("birdsep separate, end to end on long recordings")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for minutes in args.minutes:
+            rec = tmp / f"rec_{minutes:g}min.flac"
+            make_recording(rec, minutes)
+            out = tmp / f"out_{minutes:g}"
+            cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *args.extra]
+            if args.model:
+                cmd += ["--model", args.model]
+            res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
+            rc, wall, rss_kb, cpu = res.stdout.split()
+            meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
+            rows.append({"input": f"{minutes:g} min @ 32 kHz", "exit": rc, "wall s": f"{float(wall):.1f}",
+                         "× real time": f"{minutes * 60 / float(wall):.1f}", "CPU s": f"{float(cpu):.1f}",
+                         "peak RSS MB": f"{int(rss_kb) / 1024:.0f}",
+                         "model": Path(meta.get("model", "?")).name})
+            for p in out.rglob("*.wav"):
+                p.unlink()
+            rec.unlink()
+    table(rows)
+
+
+if __name__ == "__main__":
+    main()
