@@ -188,8 +188,10 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
             written += chunk.shape[1]
         if written < expected:  # resampler rounding: pad the last few samples
             pad = np.zeros(expected - written, np.float32)
-            for w in writers:
+            for w in writers[:m]:
                 w.write(pad)
+            if keep_high_band:  # the sources are silent there: the input is all high band
+                writers[m].write(native.take(len(pad)))
     except BaseException:
         for w in writers:
             w.close()
