@@ -58,6 +58,7 @@ def test_hand_computed_cases():
     assert label_ranking_average_precision_score(t, s) == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1 / 3) / 2)
     assert metrics.top1_precision(t, s) == 0.0
     assert metrics.top1_precision(t, np.array([[0, 1, 0], [1, 0, 0]])) == 1.0
+    assert metrics.top1_precision(t, np.array([[0, 1, 1], [1, 1, 0]])) == 0.5  # a tie at the top is wrong
 
     y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])
     assert metrics.average_precision(y, p) == pytest.approx((1 + 2 / 3) / 2)

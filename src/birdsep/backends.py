@@ -14,6 +14,8 @@ T = window_seconds · sample_rate → (N, len(labels)) scores in [0, 1].
 from __future__ import annotations
 
 import importlib.util
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -49,6 +51,23 @@ def birdnet_files() -> tuple[Path, Path]:
     return model, labels
 
 
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (native libraries' logging) for the duration."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class BirdNET:
     """BirdNET V2.4 through ai-edge-litert."""
 
@@ -64,7 +83,8 @@ class BirdNET:
             raise UsageError(BIRDNET_HINT) from None
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         self.batch_size = batch_size
-        self._interpreter = Interpreter(model_path=str(model), num_threads=max(1, threads))
+        with _quiet_stderr():  # LiteRT prints an INFO line about its CPU delegate (here or at allocation)
+            self._interpreter = Interpreter(model_path=str(model), num_threads=max(1, threads))
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0
@@ -79,7 +99,8 @@ class BirdNET:
             part = x[i : i + self.batch_size]
             if len(part) != self._batch:
                 self._interpreter.resize_tensor_input(self._input, [len(part), n])
-                self._interpreter.allocate_tensors()
+                with _quiet_stderr():
+                    self._interpreter.allocate_tensors()
                 self._batch = len(part)
             self._interpreter.set_tensor(self._input, part)
             self._interpreter.invoke()

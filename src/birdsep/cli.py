@@ -291,8 +291,63 @@ def _add_separate(sub) -> None:
     p.set_defaults(func=run)
 
 
+
+# --------------------------------------------------------------------------- separate + classify
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="species detections from the mix and/or its separated tracks")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
+    p.add_argument("-o", "--out", default="detections", help="output folder (default: ./detections)")
+    p.add_argument("--classifier", required=True, metavar="birdnet|RUN_DIR",
+                   help="'birdnet' (needs the birdnet extra) or a train-classifier run directory")
+    p.add_argument("--mode", default="mix+separated", choices=["mix", "separated", "mix+separated"],
+                   help="score the mix, the max over separated tracks, or the max of both (default mix+separated)")
+    p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
+    p.add_argument("--overlap", type=float, default=0.0, help="fraction of a window shared with the next (default 0)")
+    p.add_argument("--min-conf", type=float, default=0.1, help="lowest confidence written (default 0.1)")
+    p.add_argument("--species-list", default=None, metavar="FILE",
+                   help="only these species, one per line (full label, scientific or common name)")
+    p.add_argument("--model", default=None, metavar="SEPARATOR",
+                   help="separator run directory or model folder (default: the shipped model)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="files classified in parallel")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def run(a):
+        from birdsep.detect import ClassifyOptions, classify_batch
+
+        opts = ClassifyOptions(out=a.out, classifier=a.classifier, mode=a.mode, window=a.window, overlap=a.overlap,
+                               min_conf=a.min_conf, species_list=a.species_list, model=a.model, jobs=a.jobs,
+                               threads=a.threads, progress=not a.quiet)
+        s = classify_batch(a.inputs, opts)
+        print(f"classified {len(s.done)} file(s) ({s.hours:.2f} h) into {a.out}; {len(s.skipped)} already done; "
+              f"{len(s.failed)} failed" + (f" (see {a.out}/errors.log)" if s.failed else ""))
+        return 1 if s.failed else 0
+
+    p.set_defaults(func=run)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="cmAP, lwlrap, d' and top-1 precision of detections against annotations")
+    p.add_argument("--pred", required=True, action="append", metavar="PRED",
+                   help="predictions: a CSV or Raven table, or a folder of them (repeat for one row each)")
+    p.add_argument("--truth", required=True, nargs="+", metavar="TRUTH",
+                   help="annotations: Raven selection tables or CSV (file, start, end, species), or folders")
+    p.add_argument("--window", type=float, default=5.0, help="scoring window in seconds (default 5)")
+    p.add_argument("--species-list", default=None, metavar="FILE", help="also score these species (one per line)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
+
+    def run(a):
+        from birdsep.detect import evaluate_command
+
+        return evaluate_command(a.pred, a.truth, window=a.window, json_path=a.json, species_list=a.species_list)
+
+    p.set_defaults(func=run)
+
+
 COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train_classifier, _add_classify_clips,
-            _add_detect_activity]
+            _add_detect_activity, _add_classify, _add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,13 +115,16 @@ def lwlrap(y_true, y_score) -> float:
 
 
 def top1_precision(y_true, y_score) -> float:
-    """Fraction of windows (with at least one true species) whose top-scoring species is true."""
+    """Fraction of windows (with at least one true species) whose top-scoring species is true
+    (a wrong species tied with it at the top makes it wrong)."""
     t, s = _check(y_true, y_score)
     rows = t.any(1)
     if not rows.any():
         return float("nan")
-    best = np.argmax(s[rows], axis=1)
-    return float(t[rows][np.arange(len(best)), best].mean())
+    t, s = t[rows], s[rows]
+    best_true = np.where(t, s, -np.inf).max(1)
+    best_false = np.where(t, -np.inf, s).max(1)
+    return float((best_true > best_false).mean())
 
 
 @dataclass(frozen=True)

