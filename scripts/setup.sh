@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[classify,test]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e ".[classify,test,birdnet]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import birdsep, torch; print('birdsep', birdsep.__version__, '| torch', torch.__version__)"
