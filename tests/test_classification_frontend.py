@@ -1,6 +1,5 @@
 """Mel / PCEN / outlier-removing normalisation of the classifier frontend."""
 import numpy as np
-import pytest
 import torch
 
 from birdsep.classification.frontend import Frontend, FrontendConfig, mel_centres, outlier_normalise, pcen

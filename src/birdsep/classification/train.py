@@ -19,10 +19,10 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from birdsep.audio import AudioError
@@ -111,11 +111,13 @@ def prepare(data: str, opts: TrainOptions, cfg: M.ClassifierConfig | None = None
         taxonomy.lookup(r.primary)  # one warning per species it cannot place
     cache = Path(opts.out) / "cache"
     windows, labels, failed = [], [], 0
-    for r in recordings:
+    from tqdm import tqdm
+
+    for r in tqdm(recordings, desc="activity windows", unit="file", disable=not opts.progress, leave=False):
         try:
             w = activity_windows(r.path, cfg.sample_rate, cache, max_windows=opts.max_windows)
-        except AudioError as exc:
-            print(f"birdsep train-classifier: skipped {exc}", flush=True)
+        except AudioError as exc:  # one line naming the file; the others go on
+            print(f"birdsep train-classifier: skipped {exc}", file=sys.stderr, flush=True)
             failed += 1
             continue
         windows.append(w)
@@ -193,7 +195,8 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
                                save_last=True, save_top_k=1, monitor=None)
         # One log folder per session, so a resumed run keeps the metrics from before the stop.
         session = f"session_{len(list((mdir / 'logs').glob('session_*[0-9]')))}"
-        loggers = [CSVLogger(mdir, name="logs", version=session)]
+        loggers = [CSVLogger(mdir, name="logs", version=session,
+                             flush_logs_every_n_steps=max(1, min(100, opts.checkpoint_every)))]
         try:
             loggers.append(TensorBoardLogger(mdir, name="logs", version=f"{session}_tensorboard"))
         except ModuleNotFoundError:
@@ -210,7 +213,9 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
             print(f"birdsep train-classifier: member {k} resumes from {last}", flush=True)
         trainer.fit(module, loader, ckpt_path=resume_from)
         if trainer.interrupted or trainer.global_step < opts.steps:  # Ctrl-C / SIGTERM: Lightning returns
-            raise KeyboardInterrupt(f"member {k} stopped at step {trainer.global_step}; continue with --resume")
+            print(f"birdsep train-classifier: member {k} stopped at step {trainer.global_step}; "
+                  f"continue with --resume", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
         _save_member(module.model, final)
     ensemble = M.Ensemble(cfg)
     from safetensors.torch import load_file
