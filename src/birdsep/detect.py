@@ -83,7 +83,8 @@ def window_spans(duration: float, window: float, overlap: float = 0.0) -> list[t
 
 
 def sub_windows(x: np.ndarray, n: int) -> np.ndarray:
-    """(..., T) → (..., K, n): K = ⌈T / n⌉ evenly spaced windows of n samples covering T (zero-padded if T < n)."""
+    """(..., T) → (..., K, n): K = ⌈T / n⌉ evenly spaced windows of n samples covering T
+    (one zero-padded window if T < n)."""
     t = x.shape[-1]
     if t <= n:
         return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - t)])[..., None, :]
@@ -185,7 +186,8 @@ def _names(label: str) -> set[str]:
 
 
 def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | None:
-    """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a scientific or a common name)."""
+    """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a
+    scientific or a common name); None without a file."""
     if not species_file:
         return None
     try:
@@ -386,7 +388,7 @@ def _collect(items: list[str]) -> dict[str, list[Detection]]:
     return by_file
 
 
-def _covers(s: float, e: float, w0: float, w1: float) -> bool:
+def covers(s: float, e: float, w0: float, w1: float) -> bool:
     return min(e, w1) - max(s, w0) >= min(MIN_OVERLAP, 0.5 * (e - s)) - 1e-9
 
 
@@ -413,36 +415,44 @@ class Evaluation:
                 "rows": [{"predictions": n, **s.to_dict()} for n, s in self.rows]}
 
 
+def _windows_of(d: Detection, first: int, count: int, window: float):
+    """Row indices of the windows (of one file, rows first … first+count−1) that event ``d`` covers."""
+    k0, k1 = max(0, int(d.start // window)), min(count, int(math.ceil(d.end / window)))
+    return [first + k for k in range(k0, k1) if covers(d.start, d.end, k * window, (k + 1) * window)]
+
+
 def truth_matrix(truth: dict[str, list[Detection]], preds: list[dict[str, list[Detection]]], species: list[str],
                  window: float):
-    """Windows (file key, start, end) over every truth file, and their (W, S) labels."""
+    """Windows ({file key: (first row, count)}) over every truth file, and their (W, S) labels."""
     index = {s.lower(): i for i, s in enumerate(species)}
-    wins = []
+    wins, rows = {}, 0
     for key in sorted(truth):
         end = max([d.end for d in truth[key]] + [d.end for p in preds for d in p.get(key, [])] + [window])
-        wins += [(key, k * window, (k + 1) * window) for k in range(max(1, math.ceil(end / window - 1e-6)))]
-    y = np.zeros((len(wins), len(species)), np.int8)
-    for w, (key, w0, w1) in enumerate(wins):
+        count = max(1, math.ceil(end / window - 1e-6))
+        wins[key], rows = (rows, count), rows + count
+    y = np.zeros((rows, len(species)), np.int8)
+    for key, (first, count) in wins.items():
         for d in truth[key]:
-            if _covers(d.start, d.end, w0, w1):
-                y[w, index[d.species.lower()]] = 1
+            y[_windows_of(d, first, count, window), index[d.species.lower()]] = 1
     return wins, y
 
 
-def score_matrix(pred: dict[str, list[Detection]], wins, species: list[str]) -> np.ndarray:
+def score_matrix(pred: dict[str, list[Detection]], wins, species: list[str], window: float) -> np.ndarray:
     """(W, S) window scores: the highest confidence of a prediction of the species covering the window."""
     lookup: dict[str, int] = {}
     for i, s in enumerate(species):
         for n in _names(s):
             lookup.setdefault(n, i)
-    s = np.zeros((len(wins), len(species)), np.float32)
-    for w, (key, w0, w1) in enumerate(wins):
+    rows = sum(c for _, c in wins.values())
+    s = np.zeros((rows, len(species)), np.float32)
+    for key, (first, count) in wins.items():
         for d in pred.get(key, []):
             j = lookup.get(d.species.lower())
             if j is None:
                 j = next((lookup[n] for n in _names(d.species) if n in lookup), None)
-            if j is not None and _covers(d.start, d.end, w0, w1):
-                s[w, j] = max(s[w, j], d.confidence)
+            if j is not None:
+                for w in _windows_of(d, first, count, window):
+                    s[w, j] = max(s[w, j], d.confidence)
     return s
 
 
@@ -467,7 +477,8 @@ def evaluate(preds: list[str], truth: list[str], window: float = 5.0, species_li
     if unmatched:
         raise UsageError(f"{unmatched[0]}: no prediction names a file that the annotations cover")
     wins, y = truth_matrix(truth_by, pred_sets, species, window)
-    rows = [(p, metrics.score_all(y, score_matrix(ps, wins, species), min_positives)) for p, ps in zip(preds, pred_sets)]
+    rows = [(p, metrics.score_all(y, score_matrix(ps, wins, species, window), min_positives))
+            for p, ps in zip(preds, pred_sets)]
     return Evaluation(rows, species, window, len(truth_by))
 
 
