@@ -205,14 +205,17 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
             max_steps=opts.steps, accelerator=opts.accelerator, devices=opts.devices, precision=opts.precision,
             callbacks=[ckpt] + ([_progress_bar()] if opts.progress else []),
             logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=opts.progress,
-            log_every_n_steps=min(10, opts.steps), enable_model_summary=False, default_root_dir=mdir,
+            log_every_n_steps=max(1, min(10, opts.steps, len(loader))), enable_model_summary=False, default_root_dir=mdir,
             num_sanity_val_steps=0, limit_val_batches=0)
         last = ckpt_dir / "last.ckpt"
         resume_from = str(last) if (opts.resume and last.is_file()) else None
         if resume_from:
             print(f"birdsep train-classifier: member {k} resumes from {last}", flush=True)
-        trainer.fit(module, loader, ckpt_path=resume_from)
-        if trainer.interrupted or trainer.global_step < opts.steps:  # Ctrl-C / SIGTERM: Lightning returns
+        try:
+            trainer.fit(module, loader, ckpt_path=resume_from)
+        except SystemExit:  # Lightning exits by itself after Ctrl-C / SIGTERM
+            pass
+        if trainer.interrupted or trainer.global_step < opts.steps:  # stopped early: not a finished member
             print(f"birdsep train-classifier: member {k} stopped at step {trainer.global_step}; "
                   f"continue with --resume", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
