@@ -68,15 +68,22 @@ def test_sources_sum_to_input_high_rate_stereo(data_dir, tmp_path):
 
 
 def long_input(data_dir, minutes=3.0):
-    """Several minutes of real audio: clips of the Jura soundscapes and a planted blackcap song."""
+    """Several minutes of real forest background (Jura soundscapes) with a planted voice: a
+    two-note whistle ("fee-bee", 4.0 then 3.4 kHz) four times in 8 s, then 12 s of silence,
+    over and over. The silences are longer than a block's overlap, so keeping the voice in its
+    tracks needs more than overlap continuity. (A synthetic call, because a small model may
+    split a real song's syllables between tracks by itself: that is the model, not the blocks.)
+    """
     sr = 22050
-    bed = np.concatenate([audio.load(f, sr)[0] for f in sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*0000.flac"))[:18]])
-    bed = bed[: int(minutes * 60 * sr)] * 0.3
-    voice, _ = audio.load(sorted((data_dir / "xc" / "blackcap").glob("*.mp3"))[0], sr, duration=8.0)
-    voice = voice / (np.abs(voice).max() + 1e-9) * 0.5
+    files = sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*0000.flac"))[:18]
+    bed = np.concatenate([audio.load(f, sr)[0] for f in files])[: int(minutes * 60 * sr)] * 0.3
+    t1, t2 = np.arange(int(0.4 * sr)) / sr, np.arange(int(0.5 * sr)) / sr
+    call = np.concatenate([np.sin(2 * np.pi * 4000 * t1) * np.hanning(len(t1)), np.zeros(int(0.1 * sr)),
+                           np.sin(2 * np.pi * 3400 * t2) * np.hanning(len(t2))]) * 0.3
     planted = np.zeros_like(bed)
-    for start in range(0, len(bed) - len(voice), 20 * sr):  # the same song every 20 s
-        planted[start:start + len(voice)] += voice
+    for start in range(0, len(bed) - 8 * sr, 20 * sr):
+        for k in range(4):
+            planted[start + 2 * k * sr:start + 2 * k * sr + len(call)] += call
     return bed, planted, sr
 
 
@@ -90,15 +97,19 @@ def test_long_file_in_blocks_keeps_sum_and_voice(data_dir, tmp_path):
     assert len(total) == len(mix)
     np.testing.assert_allclose(total, mix, atol=2e-4)
     assert (tmp_path / "out" / "long" / "separation.png").stat().st_size > 10_000
-    # the planted song: in every 20 s segment where it sings, which source carries most of it?
+    # How the voice is shared among the tracks, per 20 s segment (4 calls, then silence):
+    # the same in every segment if every block kept the tracks in order.
+    m = meta["model_config"]["num_sources"]
     seg = 20 * sr
-    owners = []
+    shares = []
     for start in range(0, len(mix) - seg + 1, seg):
         v = planted[start:start + seg]
-        scores = [float(np.dot(t[start:start + seg], v)) for t in tracks[: meta["model_config"]["num_sources"]]]
-        owners.append(int(np.argmax(scores)))
-    most = max(set(owners), key=owners.count)
-    assert owners.count(most) >= 0.8 * len(owners), f"the planted voice moved between sources: {owners}"
+        shares.append([float(np.dot(t[start:start + seg], v) / np.dot(v, v)) for t in tracks[:m]])
+    shares = np.array(shares)
+    typical = np.median(shares, axis=0)
+    assert typical.max() > 0.3, f"the voice is not separated at all: {typical}"
+    moved = np.abs(shares - typical).sum(1)
+    assert np.all(moved < 0.3), f"the voice moved between tracks:\n{np.round(shares, 2)}"
 
 
 def test_interrupted_batch_resumes(data_dir, tmp_path):

@@ -42,6 +42,7 @@ def fades(length: int) -> tuple[np.ndarray, np.ndarray]:
 
 PROFILE_BANDS = 48  # spectral profile resolution for alignment
 PROFILE_DECAY = 0.8  # per block: how long a track remembers what it sounded like
+OVERLAP_FLOOR = 0.02  # overlap energy (× the loudest track's) below which continuity stops counting
 
 
 def band_power(x: np.ndarray, bands: int = PROFILE_BANDS) -> np.ndarray:
@@ -59,7 +60,8 @@ def align(previous: np.ndarray, current: np.ndarray, profiles: np.ndarray | None
     """The order of ``current``'s sources that best continues the previous tracks.
 
     previous, current (M, O): the tracks and the new sources over the overlap. Their
-    normalised squared difference (0 = identical, 1 = unrelated) is the main cost. A voice
+    normalised squared difference (0 = identical, 1 = unrelated) is the main cost, weighted
+    down where both are faint (−17 dB or more below the loudest track in the overlap). A voice
     that is silent in the overlap (a bird between two songs) is placed by ``profiles``
     (M, bands), each track's remembered spectrum, against ``current_profiles`` (M, bands),
     the new sources' spectra: cost 1 − cosine similarity of their square roots.
@@ -69,7 +71,12 @@ def align(previous: np.ndarray, current: np.ndarray, profiles: np.ndarray | None
     p_pow = (previous ** 2).sum(-1)[:, None]
     c_pow = (current ** 2).sum(-1)[None, :]
     diff = ((previous[:, None, :] - current[None, :, :]) ** 2).sum(-1)  # (M, M)
-    cost = diff / (p_pow + c_pow + eps)
+    pair = p_pow + c_pow
+    # Continuity counts where the pair carries real energy; faint residue (both far below the
+    # loudest track in the overlap) says little about who is who.
+    loudest = max(float(p_pow.max()), float(c_pow.max()))
+    weight = pair / (pair + OVERLAP_FLOOR * loudest + eps)
+    cost = weight * diff / (pair + eps) + (1 - weight) * 1.0
     if profiles is not None and current_profiles is not None:
         a = np.sqrt(np.maximum(profiles, 0))
         b = np.sqrt(np.maximum(current_profiles, 0))
