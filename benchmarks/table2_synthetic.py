@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
+import hashlib
 import re
 import sys
 import tempfile
@@ -113,10 +113,11 @@ def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list
             starts = rng.integers(0, max(1, len(src) - m), size=8)
             best = max(starts, key=lambda s: _rms(src[s : s + m]))  # the loudest of 8 candidates
             ex = src[best : best + m] * np.hanning(m).clip(0, 1) ** 0.1  # soft edges
-            gain = (_rms(bg) / _rms(ex)) * 10 ** (rng.uniform(-15, 5) / 20)
+            snr = rng.uniform(-15, 5)
+            gain = (_rms(bg) / _rms(ex)) * 10 ** (snr / 20)
             at = int(rng.integers(0, length - m + 1))
             mix[at : at + m] += ex * gain
-            events.append((at / RATE, (at + m) / RATE, mapping[sp]))
+            events.append((at / RATE, (at + m) / RATE, mapping[sp], snr))
         peak = np.abs(mix).max()
         if peak > 0.99:
             mix *= 0.99 / peak
@@ -125,7 +126,7 @@ def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list
         rows = ["\t".join(["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                            "High Freq (Hz)", "Species"])]
         rows += [f"{j}\tSpectrogram 1\t1\t{s:.3f}\t{e:.3f}\t0\t{RATE // 2}\t{lab}"
-                 for j, (s, e, lab) in enumerate(sorted(events), 1)]
+                 for j, (s, e, lab, _) in enumerate(sorted(events), 1)]
         audio.write_text_atomic(work / "truth" / f"{name}.Table.1.selections.txt", "\n".join(rows) + "\n")
         scenes.append({"name": name, "events": events})
     return scenes
@@ -146,6 +147,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from birdsep.detect import ClassifyOptions, Detector, covers, combine, detections, evaluate
     from birdsep.outputs import write_csv
+    from birdsep.pretrained import resolve
 
     header("Table 2 on synthetic soundscapes: BirdNET on the mix, the separated tracks, and both")
     work = Path(a.work or tempfile.mkdtemp(prefix="birdsep_table2_"))
@@ -153,16 +155,21 @@ def main() -> None:
     mapping = species_map(det.classifier.labels)
     t0 = time.time()
     scenes = build_scenes(work, a.scenes, a.seed, mapping)
-    used = sorted({lab for s in scenes for *_, lab in s["events"]})
+    used = sorted({ev[2] for s in scenes for ev in s["events"]})
     keep = np.isin(det.classifier.labels, used)
     n_events = sum(len(s["events"]) for s in scenes)
     print(f"{len(scenes)} soundscapes of {SCENE_SECONDS:g} s at {RATE} Hz ({a.scenes * SCENE_SECONDS / 60:.1f} min), "
           f"{n_events} events of {len(used)} species (seed {a.seed}); built in {time.time() - t0:.0f} s")
-    print(f"separator: {a.model or 'the shipped default'} (M = {det.separator.config.num_sources}); "
+    folder = resolve(a.model)
+    weights = folder / "model.safetensors"
+    print(f"separator: {a.model or 'the shipped default'} (M = {det.separator.config.num_sources}; "
+          f"model.safetensors sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}, "
+          f"written {time.strftime('%Y-%m-%d %H:%M', time.gmtime(weights.stat().st_mtime))} UTC); "
           f"classifier: {det.classifier.name}; work dir: {work}")
 
     t0 = time.time()
     hits = {"true": [], "false": []}  # did a track beat the mix? for true and false (window, species) pairs
+    by_snr = []  # true pairs: (event SNR, species in the window, mix score, best track score)
     truth_spans = {s["name"]: s["events"] for s in scenes}
     for s in scenes:
         path = work / "audio" / f"{s['name']}.flac"
@@ -173,10 +180,12 @@ def main() -> None:
                       detections(str(path), fs.spans, sc, ch, det.classifier.labels, 0.0, keep))
         cols = np.flatnonzero(keep)
         for w, (w0, w1) in enumerate(fs.spans):
-            present = {lab for (b, e, lab) in truth_spans[s["name"]] if covers(b, e, w0, w1)}
+            present = {lab: snr for (b, e, lab, snr) in truth_spans[s["name"]] if covers(b, e, w0, w1)}
             for j in cols:
-                key = "true" if det.classifier.labels[j] in present else "false"
-                hits[key].append(fs.separated[w, :, j].max() - fs.mix[w, j])
+                lab, best, mixed = det.classifier.labels[j], fs.separated[w, :, j].max(), fs.mix[w, j]
+                hits["true" if lab in present else "false"].append(best - mixed)
+                if lab in present:
+                    by_snr.append((present[lab], len(present), mixed, best))
     elapsed = time.time() - t0
     print(f"classified in {elapsed:.0f} s ({a.scenes * SCENE_SECONDS / elapsed:.2f}× real time, mix + 4 tracks)\n")
 
@@ -195,6 +204,19 @@ def main() -> None:
                      "median (best track − mix)": f"{np.median(d):+.3f}",
                      "mean (best track − mix)": f"{np.mean(d):+.3f}"})
     print("Where the max comes from: BirdNET's best separated track against the mix, same window and species")
+    table(rows)
+
+    print("True (window, species) pairs by the event's level over the background and by how many species share "
+          "the window: BirdNET's mean score on the mix and on the best track")
+    v = np.array(by_snr)
+    rows = []
+    for name, sel in [("SNR −15…−8 dB", v[:, 0] < -8), ("SNR −8…−1 dB", (v[:, 0] >= -8) & (v[:, 0] < -1)),
+                      ("SNR −1…+5 dB", v[:, 0] >= -1), ("1 species in window", v[:, 1] == 1),
+                      ("2 species", v[:, 1] == 2), ("3–4 species", v[:, 1] >= 3)]:
+        if sel.any():
+            rows.append({"true pairs": name, "count": int(sel.sum()), "mix": f"{v[sel, 2].mean():.3f}",
+                         "best track": f"{v[sel, 3].mean():.3f}",
+                         "best track > mix": f"{np.mean(v[sel, 3] > v[sel, 2]):.1%}"})
     table(rows)
 
 
