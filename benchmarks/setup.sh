@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pip install -q -e ".[bench]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q --no-deps "asteroid==0.7.0" "asteroid-filterbanks>=0.4" 2>&1 | grep -v "is ignored" || true
+quiet() { grep -v "is ignored" || true; }
+.venv/bin/python -m pip install -q -e ".[bench]" 2>&1 | quiet
+.venv/bin/python -m pip install -q --no-deps "asteroid==0.7.0" "asteroid-filterbanks>=0.4" 2>&1 | quiet
