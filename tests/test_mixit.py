@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from birdsep.separation.mixit import (active_sources, best_assignment, mixit_loss, momi, neg_snr_loss, si_snr,
+from birdsep.separation.mixit import (active_sources, mixit_loss, momi, neg_snr_loss, si_snr,
                                       si_snr_improvement)
 
 

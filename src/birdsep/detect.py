@@ -19,10 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +28,8 @@ from birdsep import audio, metrics
 from birdsep.audio import AudioError
 from birdsep.errors import UsageError
 from birdsep.outputs import Detection, file_key, read_table, write_audacity, write_csv, write_raven
-from birdsep.pipeline import ERROR_LOG, MIN_SECONDS, BatchSummary, pick_device, pick_precision
+from birdsep.batch import BatchSummary, run_batch
+from birdsep.pipeline import MIN_SECONDS, pick_device, pick_precision
 
 log = logging.getLogger(__name__)
 
@@ -256,96 +253,21 @@ class Detector:
         return fs.spans[-1][1]
 
 
-_worker: Detector | None = None
-
-
-def _init_worker(opts: ClassifyOptions, threads: int):
-    global _worker
-    import torch
-
-    torch.set_num_threads(threads)
-    _worker = Detector(opts)
-
-
-def _run_one(path: str, base: str, detector: Detector | None = None):
-    """(path, duration, error line or None, traceback or None)."""
-    det = detector if detector is not None else _worker
-    try:
-        return path, det.run(Path(path), Path(base)), None, None
-    except AudioError as exc:
-        return path, 0.0, str(exc), None
-    except Exception as exc:  # keep the batch going; the details go to errors.log
-        return path, 0.0, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
+def _detector_worker(opts: ClassifyOptions):
+    return Detector(opts).run
 
 
 def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel jobs."""
-    import torch
-    from tqdm import tqdm
-
     opts.check()
     detector = Detector(opts)  # a bad classifier, separator or species list fails here, before any file
     out = Path(opts.out)
-    summary = BatchSummary()
-    todo: list[tuple[Path, Path]] = []
-    errors: list[str] = []
-    for item in inputs:
-        try:
-            found = audio.find_audio([item])
-        except AudioError as exc:
-            errors.append(str(exc))
-            continue
-        if Path(item).is_dir() and not found:
-            errors.append(f"{item}: no audio files in this folder")
-        for f, root in found:
-            base = output_base(f, root, out)
-            if is_done(base):
-                summary.skipped.append(str(f))
-            else:
-                todo.append((f, base))
-    jobs = max(1, min(opts.jobs, len(todo)))
+    jobs = max(1, opts.jobs)
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def report(line: str, tb: str | None = None):
-        summary.failed.append(line)
-        tqdm.write(f"error: {line}", file=sys.stderr)
-        with open(out / ERROR_LOG, "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
-            if tb:
-                fh.write(tb)
-
-    for line in errors:
-        report(line)
-    if summary.skipped:
-        print(f"{len(summary.skipped)} file(s) already classified in {out}: skipped")
-    bar = tqdm(total=len(todo), unit="file", desc="classifying", disable=not opts.progress or not todo)
-
-    def finish(path, duration, err, tb):
-        if err:
-            report(err, tb)
-        else:
-            summary.done.append(path)
-            summary.hours += duration / 3600
-        bar.update(1)
-        bar.set_postfix(hours=f"{summary.hours:.2f}", failed=len(summary.failed))
-
-    if jobs == 1:
-        torch.set_num_threads(threads)
-        for f, base in todo:
-            finish(*_run_one(str(f), str(base), detector))
-    else:
-        import multiprocessing as mp
-
-        detector = None  # each worker loads its own
-        opts_w = ClassifyOptions(**{**opts.__dict__, "threads": threads})
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(opts_w, threads)) as pool:
-            futures = [pool.submit(_run_one, str(f), str(base)) for f, base in todo]
-            for fut in as_completed(futures):
-                finish(*fut.result())
-    bar.close()
-    return summary
+    worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
+    return run_batch(inputs, out, target_for=lambda f, root: output_base(f, root, out), is_done=is_done,
+                     make_worker=_detector_worker, worker_args=(worker_opts,), jobs=jobs, threads=threads,
+                     progress=opts.progress, verb="classifying", work=detector.run)
 
 
 # ------------------------------------------------------------------------------ evaluation

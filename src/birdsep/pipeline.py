@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
-import traceback
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,13 +24,13 @@ import torch
 
 from birdsep import __version__, audio
 from birdsep.audio import AudioError
+from birdsep.batch import BatchSummary, run_batch
 from birdsep.separation.apply import BlockSettings, separate_stream
 
 log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.05
 RESULT_NAME = "separation.json"
-ERROR_LOG = "errors.log"
 WAV_LIMIT_BYTES = 3_900_000_000  # above this a float WAV needs the RF64 container
 
 
@@ -243,101 +240,21 @@ def _share(e: float, total: float) -> float:
 
 # ------------------------------------------------------------------------------ batches
 
-_worker_model = None
 
-
-def _init_worker(model_path, threads):
-    global _worker_model
+def _separator_worker(model_folder: str, opts: SeparateOptions):
+    """Load the model once per process; return work(path, folder) -> seconds of audio."""
     from birdsep.pretrained import load_model
 
-    torch.set_num_threads(threads)
-    _worker_model = load_model(model_path)
-
-
-def _run_one(path: str, folder: str, opts: SeparateOptions, model_name: str, model=None):
-    """Returns (path, duration, error line or None, traceback or None)."""
-    model = model if model is not None else _worker_model
-    try:
-        res = separate_file(Path(path), Path(folder), model, opts, model_name)
-        return path, res["duration_s"], None, None
-    except AudioError as exc:
-        return path, 0.0, str(exc), None
-    except Exception as exc:  # keep the batch going; the details go to errors.log
-        return path, 0.0, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
-
-
-@dataclass
-class BatchSummary:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    hours: float = 0.0
+    model = load_model(model_folder)
+    return lambda path, folder: separate_file(path, folder, model, opts, model_folder)["duration_s"]
 
 
 def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
-    from tqdm import tqdm
-
-    from birdsep.pretrained import load_model, resolve
+    from birdsep.pretrained import resolve
 
     out = Path(opts.out)
-    model_folder = resolve(opts.model)
-    summary = BatchSummary()
-    todo: list[tuple[Path, Path]] = []
-    errors: list[tuple[str, str | None]] = []
-    for item in inputs:
-        try:
-            found = audio.find_audio([item])
-        except AudioError as exc:
-            errors.append((str(exc), None))
-            continue
-        if Path(item).is_dir() and not found:
-            errors.append((f"{item}: no audio files in this folder", None))
-        for f, root in found:
-            folder = output_dir(f, root, out)
-            if is_done(folder, opts):
-                summary.skipped.append(str(f))
-            else:
-                todo.append((f, folder))
-    out.mkdir(parents=True, exist_ok=True)
-
-    def report(line: str, tb: str | None):
-        summary.failed.append(line)
-        tqdm.write(f"error: {line}", file=sys.stderr)
-        with open(out / ERROR_LOG, "a") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
-            if tb:
-                fh.write(tb)
-
-    for line, tb in errors:
-        report(line, tb)
-    if summary.skipped:
-        print(f"{len(summary.skipped)} file(s) already separated in {out}: skipped")
-    bar = tqdm(total=len(todo), unit="file", desc="separating", disable=not opts.progress or not todo)
-
-    def finish(path, duration, err, tb):
-        if err:
-            report(err, tb)
-        else:
-            summary.done.append(path)
-            summary.hours += duration / 3600
-        bar.update(1)
-        bar.set_postfix(hours=f"{summary.hours:.2f}", failed=len(summary.failed))
-
-    jobs = max(1, min(opts.jobs, len(todo)))
-    if jobs == 1:
-        if opts.threads:
-            torch.set_num_threads(opts.threads)
-        model = load_model(model_folder) if todo else None
-        for f, folder in todo:
-            finish(*_run_one(str(f), str(folder), opts, str(model_folder), model))
-    else:
-        import multiprocessing as mp
-
-        threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(str(model_folder), threads)) as pool:
-            futures = [pool.submit(_run_one, str(f), str(folder), opts, str(model_folder)) for f, folder in todo]
-            for fut in as_completed(futures):
-                finish(*fut.result())
-    bar.close()
-    return summary
+    model_folder = str(resolve(opts.model))  # a missing model fails here, before any file
+    return run_batch(inputs, out, target_for=lambda f, root: output_dir(f, root, out),
+                     is_done=lambda folder: is_done(folder, opts), make_worker=_separator_worker,
+                     worker_args=(model_folder, opts), jobs=opts.jobs, threads=opts.threads,
+                     progress=opts.progress, verb="separating")
