@@ -64,7 +64,7 @@ def _in_worker(path: str, target: str) -> Result:
 
 def run_batch(inputs: list[str], out: Path, *, target_for: Callable[[Path, Path], Path],
               is_done: Callable[[Path], bool], make_worker, worker_args: tuple = (), jobs: int = 1,
-              threads: int | None = None, progress: bool = True, verb: str = "processing",
+              threads: int | None = None, progress: bool = True, verb: str = "processing", past: str = "done",
               work: Work | None = None) -> BatchSummary:
     """``work``, if given, is used in this process instead of building one (a caller that has
     already loaded its model to check it); worker processes always build their own."""
@@ -100,7 +100,7 @@ def run_batch(inputs: list[str], out: Path, *, target_for: Callable[[Path, Path]
     for line in errors:
         report(line)
     if summary.skipped:
-        print(f"{len(summary.skipped)} file(s) already done in {out}: skipped")
+        print(f"{len(summary.skipped)} file(s) already {past} in {out}: skipped")
     bar = tqdm(total=len(todo), unit="file", desc=verb, disable=not progress or not todo)
 
     def finish(path: str, seconds: float, err: str | None, tb: str | None) -> None:

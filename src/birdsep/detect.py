@@ -267,7 +267,7 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
     return run_batch(inputs, out, target_for=lambda f, root: output_base(f, root, out), is_done=is_done,
                      make_worker=_detector_worker, worker_args=(worker_opts,), jobs=jobs, threads=threads,
-                     progress=opts.progress, verb="classifying", work=detector.run)
+                     progress=opts.progress, verb="classifying", past="classified", work=detector.run)
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -257,4 +257,4 @@ def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
     return run_batch(inputs, out, target_for=lambda f, root: output_dir(f, root, out),
                      is_done=lambda folder: is_done(folder, opts), make_worker=_separator_worker,
                      worker_args=(model_folder, opts), jobs=opts.jobs, threads=opts.threads,
-                     progress=opts.progress, verb="separating")
+                     progress=opts.progress, verb="separating", past="separated")
