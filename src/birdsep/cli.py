@@ -13,6 +13,13 @@ from birdsep.errors import AudioError, UsageError
 # --------------------------------------------------------------------------- separation
 
 
+def _batch_summary(verb: str, s, out: str) -> int:
+    """The last line of a batch command; exit code 1 if any file failed."""
+    print(f"{verb} {len(s.done)} file(s) ({s.hours:.2f} h) into {out}; {len(s.skipped)} already done; "
+          f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
+    return 1 if s.failed else 0
+
+
 def _add_train_separator(sub) -> None:
     p = sub.add_parser("train-separator", help="train a MixIT separator on unlabelled recordings")
     p.add_argument("data", nargs="+", help="audio files or folders (recursive)")
@@ -174,9 +181,7 @@ def _add_separate(sub) -> None:
                                overlap=a.overlap, device=a.device, precision=a.precision, plot=a.plot or a.video,
                                video=a.video, jobs=a.jobs, threads=a.threads, progress=not a.quiet)
         s = separate_batch(a.inputs, opts)
-        print(f"separated {len(s.done)} file(s) ({s.hours:.2f} h) into {a.out}; {len(s.skipped)} already done; "
-              f"{len(s.failed)} failed" + (f" (see {a.out}/errors.log)" if s.failed else ""))
-        return 1 if s.failed else 0
+        return _batch_summary("separated", s, a.out)
 
     p.set_defaults(func=run)
 
@@ -210,9 +215,7 @@ def _add_classify(sub) -> None:
                                min_conf=a.min_conf, species_list=a.species_list, model=a.model, jobs=a.jobs,
                                threads=a.threads, progress=not a.quiet)
         s = classify_batch(a.inputs, opts)
-        print(f"classified {len(s.done)} file(s) ({s.hours:.2f} h) into {a.out}; {len(s.skipped)} already done; "
-              f"{len(s.failed)} failed" + (f" (see {a.out}/errors.log)" if s.failed else ""))
-        return 1 if s.failed else 0
+        return _batch_summary("classified", s, a.out)
 
     p.set_defaults(func=run)
 
