@@ -5,12 +5,13 @@ import numpy as np
 import torch
 
 from birdsep import audio
+from birdsep.pipeline import pick_precision
 from birdsep.pretrained import load_model
 from birdsep.separation.apply import BlockSettings, separate_array
 
 
 def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None = None,
-             block_seconds: float = 6.0, overlap: float = 0.5, device: str = "cpu", precision: str = "fp32"):
+             block_seconds: float = 6.0, overlap: float = 0.5, device: str = "cpu", precision: str = "auto"):
     """Separate ``waveform`` into the model's M sources.
 
     waveform: numpy array or torch tensor, (T,) mono or (C, T) (channels are averaged).
@@ -33,8 +34,8 @@ def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None 
     sep = sep.to(device).eval()
     sr_model = sep.config.sample_rate
     rate = output_rate or sample_rate
-    y = separate_array(sep, audio.resample(x, sample_rate, sr_model), sr_model,
-                       BlockSettings(block_seconds, overlap, device, precision))  # (M, T_model)
+    settings = BlockSettings(block_seconds, overlap, device, pick_precision(precision, device, sep))
+    y = separate_array(sep, audio.resample(x, sample_rate, sr_model), sr_model, settings)  # (M, T_model)
     y = audio.resample(y, sr_model, rate)
     expected = int(round(len(x) * rate / sample_rate))
     y = np.pad(y, ((0, 0), (0, max(0, expected - y.shape[1]))))[:, :expected]

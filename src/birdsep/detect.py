@@ -229,11 +229,12 @@ class Detector:
         self.keep = species_mask(self.classifier.labels, opts.species_list)
         self.separator = None
         self.device = pick_device("auto")
-        self.precision = pick_precision("auto", self.device)
+        self.precision = "fp32"
         if opts.mode != "mix":
             from birdsep.pretrained import load_model
 
             self.separator = load_model(opts.model, self.device)
+            self.precision = pick_precision("auto", self.device, self.separator)
 
     def scores(self, path) -> FileScores:
         o = self.opts

@@ -7,6 +7,8 @@ from birdsep.separation.model import CONFIG_NAME, WEIGHTS_NAME, Separator, load_
 
 #: The separator shipped inside the package (trained with ``birdsep train-separator``; see README).
 DEFAULT_SEPARATOR = Path(__file__).parent / "models" / "separator_small_m4"
+#: A bundled recording (Jura forest at dawn, BSD-3; licence beside it).
+EXAMPLE_RECORDING = Path(__file__).parent / "examples" / "jura_forest_dawn.flac"
 
 
 def resolve(path: str | Path | None) -> Path:

@@ -11,7 +11,6 @@ through an hour-long file.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -19,13 +18,15 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from birdsep.separation.engine import engine_for
+
 
 @dataclass(frozen=True)
 class BlockSettings:
     block_seconds: float = 6.0
     overlap: float = 0.5  # fraction of a block shared with the next (0 < overlap ≤ 0.5)
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 (resolve "auto" with engine.choose_precision first)
 
     def __post_init__(self):
         if not 0 < self.overlap <= 0.5:
@@ -89,16 +90,10 @@ def align(previous: np.ndarray, current: np.ndarray, profiles: np.ndarray | None
 
 
 def run_model(model: torch.nn.Module, block: np.ndarray, settings: BlockSettings) -> np.ndarray:
-    """(T,) float32 at the model's rate → (M, T) float32."""
+    """(T,) float32 at the model's rate → (M, T) float32, through the model's fast inference engine."""
+    engine = engine_for(model, settings.precision, settings.device)
     x = torch.from_numpy(np.ascontiguousarray(block)).to(settings.device).unsqueeze(0)  # (1, T)
-    dev_type = torch.device(settings.device).type
-    cast = torch.autocast(dev_type, dtype=torch.bfloat16) if settings.precision == "bf16" else nullcontext()
-    with torch.inference_mode(), cast:
-        y = model(x)[0]  # (M, T)
-    y = y.float()
-    if settings.precision == "bf16":  # restore exact mixture consistency lost to rounding
-        y = y + (x[0] - y.sum(0)) / y.shape[0]
-    return y.cpu().numpy()
+    return engine(x)[0].cpu().numpy()  # (M, T)
 
 
 def separate_stream(model: torch.nn.Module, chunks: Iterable[np.ndarray], sample_rate: int,
