@@ -199,6 +199,8 @@ class Separator(nn.Module):
         super().__init__()
         if cfg.num_sources < 2:
             raise ValueError("a separator needs at least 2 sources")
+        if cfg.kernel < 1 or cfg.kernel % 2 == 0:
+            raise ValueError("the depthwise kernel must be odd (same-length 'same' padding)")
         self.config = cfg
         self.basis = LearnedBasis(cfg.window, cfg.hop, cfg.num_coeffs)
         self.masknet = TDCNpp(cfg)

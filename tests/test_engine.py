@@ -1,0 +1,138 @@
+"""The inference engine computes what the training model computes (fp32 exactly, bf16 within
+40 dB SI-SNR on real recordings), and --precision auto picks by measurement."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from birdsep import audio
+from birdsep.pretrained import EXAMPLE_RECORDING, load_model
+from birdsep.separation import engine as E
+from birdsep.separation.apply import BlockSettings, separate_array
+from birdsep.separation.mixit import si_snr
+from birdsep.separation.model import Separator, SeparatorConfig
+
+TINY = SeparatorConfig(num_coeffs=24, bottleneck=16, hidden=24, repeats=2, blocks=5)  # dilations 1 … 16
+
+
+def randomised(cfg: SeparatorConfig, seed: int = 0) -> Separator:
+    """A separator whose norms, PReLU slopes and residual scales are all far from their
+    initial values (negative gains included), so every folded term is exercised."""
+    torch.manual_seed(seed)
+    model = Separator(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "act" in name or name.endswith("scale"):
+                p.copy_(torch.randn_like(p) * 0.7 + (0.3 if name.endswith("weight") else 0.0))
+    return model
+
+
+class _Reference(torch.nn.Module):
+    """The shipped model's own fp32 forward, hidden from the engine (not a Separator)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def worst_si_snr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(si_snr(reference.double(), estimate.double()).min())
+
+
+@pytest.mark.parametrize("consistency", ["uniform", "learned", "magsq", "none"])
+@pytest.mark.parametrize("batch,length", [(1, 7001), (3, 4410), (1, 30), (2, 1)])
+def test_fp32_engine_equals_the_model(consistency, batch, length):
+    model = randomised(dataclasses.replace(TINY, consistency=consistency))
+    x = torch.randn(batch, length)
+    with torch.inference_mode():
+        ref = model(x)
+    out = E.Engine(model, torch.float32)(x)
+    assert out.shape == ref.shape == (batch, 4, length)
+    if length > 100:
+        assert worst_si_snr(ref, out) > 70
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("kernel,sources", [(5, 2), (3, 8)])
+def test_fp32_engine_other_shapes(kernel, sources):
+    model = randomised(dataclasses.replace(TINY, kernel=kernel, num_sources=sources, window_ms=2.5, hop_ms=1.25))
+    x = torch.randn(2, 9000)
+    with torch.inference_mode():
+        ref = model(x)
+    assert worst_si_snr(ref, E.Engine(model, torch.float32)(x)) > 70
+
+
+def test_single_waveform_and_fallback_for_other_modules():
+    model = randomised(TINY)
+    x = torch.randn(5000)
+    with torch.inference_mode():
+        ref = model(x)
+    assert E.Engine(model)(x).shape == (4, 5000)
+    assert worst_si_snr(ref, E.Engine(model)(x)) > 70
+    other = _Reference(model)  # any module that is not a Separator runs its own forward
+    runner = E.engine_for(other, "fp32")
+    assert not isinstance(runner, E.Engine)
+    torch.testing.assert_close(runner(x[None]), ref[None])
+    with pytest.raises(ValueError, match="odd"):
+        Separator(dataclasses.replace(TINY, kernel=2))
+
+
+def real_audio(data_dir=None, seconds: float = 12.0) -> list[torch.Tensor]:
+    """The bundled example, and when ../shared/data is there a dawn chorus excerpt."""
+    clips = [audio.load(EXAMPLE_RECORDING, 22050)[0]]
+    if data_dir is not None:
+        x, _ = audio.load(data_dir / "soundscapes" / "pennsylvania" / "dawn_chorus_1min.flac", 22050, start=20,
+                          duration=seconds)
+        clips.append(x)
+    return [torch.from_numpy(c)[None] for c in clips]
+
+
+def test_bf16_engine_within_40_db_on_real_audio():
+    model = load_model(None)
+    for x in real_audio():
+        with torch.inference_mode():
+            ref = model(x)
+        assert worst_si_snr(ref, E.Engine(model, torch.bfloat16)(x)) >= 40
+
+
+def test_default_separation_within_40_db_of_fp32_reference(data_dir):
+    """What `birdsep separate` runs by default (precision auto) against the fp32 reference."""
+    from birdsep.pipeline import pick_precision
+
+    model = load_model(None)
+    auto = BlockSettings(precision=pick_precision("auto", "cpu", model))
+    reference = _Reference(model)
+    for x in real_audio(data_dir):
+        got = separate_array(model, x[0].numpy(), 22050, auto)
+        want = separate_array(reference, x[0].numpy(), 22050, BlockSettings(precision="fp32"))
+        assert worst_si_snr(torch.from_numpy(want), torch.from_numpy(got)) >= 40
+        assert np.abs(got.sum(0) - x[0].numpy()).max() < 1e-4  # still sums to the input
+
+
+def test_auto_precision_is_measured(monkeypatch):
+    model = load_model(None)
+    E.forget(model)
+    choice = E.choose_precision(model)
+    assert choice["precision"] in ("fp32", "bf16")
+    if choice["precision"] == "bf16":
+        assert choice["si_snr_db"] >= E.MIN_SI_SNR_DB and choice["speedup"] >= E.MIN_SPEEDUP
+    E.forget(model)
+    monkeypatch.setattr(E, "MIN_SI_SNR_DB", 500.0)  # nothing is that accurate: fp32
+    assert E.choose_precision(model)["precision"] == "fp32"
+    E.forget(model)
+    monkeypatch.setattr(E, "MIN_SI_SNR_DB", 0.0)
+    monkeypatch.setattr(E, "MIN_SPEEDUP", 1000.0)  # nothing is that much faster: fp32
+    assert E.choose_precision(model)["precision"] == "fp32"
+    E.forget(model)
+
+
+def test_engines_are_cached_per_model_and_precision():
+    model = randomised(TINY)
+    a, b = E.engine_for(model, "fp32"), E.engine_for(model, "bf16")
+    assert a is E.engine_for(model, "fp32") and a is not b
+    with pytest.raises(ValueError):
+        E.engine_for(model, "fp16")
