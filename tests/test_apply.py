@@ -84,3 +84,18 @@ def test_align_uses_spectral_profile_when_overlap_is_silent():
     silent = np.zeros((2, 500))
     current = np.stack([high, low])  # the new block lists them the other way round
     np.testing.assert_array_equal(align(silent, silent, profiles, band_power(current)), [1, 0])
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 8, 9])
+def test_best_permutation_matches_scipy(m):
+    from scipy.optimize import linear_sum_assignment
+
+    from birdsep.separation.apply import best_permutation
+
+    rng = np.random.default_rng(m)
+    for _ in range(20):
+        cost = rng.random((m, m))
+        rows, cols = linear_sum_assignment(cost)
+        perm = best_permutation(cost)
+        assert sorted(perm) == list(range(m))
+        assert cost[np.arange(m), perm].sum() == pytest.approx(cost[rows, cols].sum())

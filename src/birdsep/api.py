@@ -7,11 +7,11 @@ import torch
 from birdsep import audio
 from birdsep.pipeline import pick_precision
 from birdsep.pretrained import load_model
-from birdsep.separation.apply import BlockSettings, separate_array
+from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_array
 
 
 def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None = None,
-             block_seconds: float = 6.0, overlap: float = 0.5, device: str = "cpu", precision: str = "auto"):
+             block_seconds: float = DEFAULT_BLOCK_SECONDS, overlap: float = DEFAULT_OVERLAP, device: str = "cpu", precision: str = "auto"):
     """Separate ``waveform`` into the model's M sources.
 
     waveform: numpy array or torch tensor, (T,) mono or (C, T) (channels are averaged).

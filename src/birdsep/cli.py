@@ -160,8 +160,9 @@ def _add_separate(sub) -> None:
     p.add_argument("-o", "--out", default="separated", help="output folder (default: ./separated)")
     p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
     p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
-    p.add_argument("--block", type=float, default=6.0, help="block length in seconds for long files")
-    p.add_argument("--overlap", type=float, default=0.5, help="fraction of a block shared with the next (<= 0.5)")
+    p.add_argument("--block", type=float, default=12.0, help="block length in seconds for long files (default 12)")
+    p.add_argument("--overlap", type=float, default=0.125,
+                   help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--precision", default="auto", help="fp32 | bf16 | auto")
     p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")

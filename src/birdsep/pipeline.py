@@ -25,7 +25,7 @@ import torch
 from birdsep import __version__, audio
 from birdsep.audio import AudioError
 from birdsep.batch import BatchSummary, run_batch
-from birdsep.separation.apply import BlockSettings, separate_stream
+from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class SeparateOptions:
     out: str = "separated"
     model: str | None = None
     sample_rate: str = "native"  # native | an integer rate
-    block_seconds: float = 6.0
-    overlap: float = 0.5
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
+    overlap: float = DEFAULT_OVERLAP
     device: str = "auto"  # cpu | cuda | auto
     precision: str = "auto"  # fp32 | bf16 | auto
     plot: bool = False
@@ -182,11 +182,11 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
                 continue
             for k in range(m):
                 writers[k].write(chunk[k])
-            energy[:m] += (chunk.astype(np.float64) ** 2).sum(1)
+            energy[:m] += np.einsum("mt,mt->m", chunk, chunk)  # per chunk in float32, summed in float64
             if keep_high_band:
                 residual = native.take(chunk.shape[1]) - chunk.sum(0)
                 writers[m].write(residual)
-                energy[m] += float((residual.astype(np.float64) ** 2).sum())
+                energy[m] += float(np.dot(residual, residual))
             written += chunk.shape[1]
         if written < expected:  # resampler rounding: pad the last few samples
             pad = np.zeros(expected - written, np.float32)

@@ -137,8 +137,9 @@ class Engine:
         self.config, self.dtype = cfg, dtype
         self.window, self.hop = model.basis.window, model.basis.hop
         self.frames_for, self.pad = model.basis.frames_for, model.basis.pad
-        self.analysis = model.basis.analysis.weight.detach()[:, 0, :].t().to(f32, copy=True).contiguous()  # (W, N)
-        self.synthesis = model.basis.synthesis.weight.detach()[:, 0, :].to(f32, copy=True).contiguous()  # (N, W)
+        analysis = model.basis.analysis.weight.detach()[:, 0, :].to(f32, copy=True)  # (N, W)
+        self.analysis, self.analysis_t = analysis.t().contiguous(), analysis  # (W, N), (N, W)
+        self.synthesis_t = model.basis.synthesis.weight.detach()[:, 0, :].t().to(f32, copy=True).contiguous()  # (W, N)
         net = model.masknet
         self.w_in = net.inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
         self.b_in = net.inp.bias.detach().to(f32, copy=True)
@@ -146,7 +147,7 @@ class Engine:
         # sources: in bf16 they cost 20–30 dB of SI-SNR against fp32, the other blocks ~1 dB.
         self.blocks = [_Block(b, f32 if i < FP32_LEADING_BLOCKS else dtype) for i, b in enumerate(net.blocks)]
         self.alpha = net.act.weight.detach().to(f32, copy=True)
-        self.w_mask = net.masks.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (C, M·N)
+        self.w_mask_t = net.masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
         self.b_mask = net.masks.bias.detach().to(f32, copy=True)
         self.mix_weights = net.mix_weights
 
@@ -158,17 +159,19 @@ class Engine:
         b, length = x.shape
         m, n = self.config.num_sources, self.config.num_coeffs
         padded = self.pad(x)  # (B, T')
-        frames = padded.unfold(-1, self.window, self.hop).transpose(0, 1)  # (F, B, W)
-        coeffs = torch.relu(frames @ self.analysis)  # (F, B, N)
+        frames = padded.unfold(-1, self.window, self.hop)  # (B, F, W), a view
+        coeffs = torch.relu(frames.transpose(0, 1) @ self.analysis)  # (F, B, N) time-major for the blocks
         h = torch.addmm(self.b_in, coeffs.reshape(-1, n), self.w_in).view(*coeffs.shape[:2], -1)  # (F, B, C)
         for block in self.blocks:
             h = block(h)
         h = _prelu(h, self.alpha)
-        masks = torch.sigmoid(torch.addmm(self.b_mask, h.reshape(-1, h.shape[-1]), self.w_mask))
-        masked = masks.view(-1, b, m, n) * coeffs[:, :, None, :]  # (F, B, M, N)
-        frames_out = masked @ self.synthesis  # (F, B, M, W)
-        nf = frames_out.shape[0]
-        cols = frames_out.permute(1, 2, 3, 0).reshape(b * m, self.window, nf)  # (B·M, W, F)
+        # The head runs channels-first, so that synthesis frames come out as fold wants them:
+        # no transposing copies of the (B, M, N, F) masked coefficients.
+        masks = torch.matmul(self.w_mask_t, h.permute(1, 2, 0)).add_(self.b_mask[:, None]).sigmoid_()  # (B, M·N, F)
+        coeffs_t = torch.relu(self.analysis_t @ frames.transpose(1, 2))  # (B, N, F)
+        masked = masks.view(b, m, n, -1).mul_(coeffs_t[:, None])  # (B, M, N, F)
+        cols = self.synthesis_t @ masked.view(b * m, n, -1)  # (B·M, W, F)
+        nf = cols.shape[-1]
         total = self.window + (nf - 1) * self.hop
         sources = Fn.fold(cols, (1, total), (1, self.window), stride=(1, self.hop))  # (B·M, 1, 1, T')
         sources = sources.view(b, m, total)[..., :length]  # (B, M, T)
@@ -278,7 +281,7 @@ def _timed(engine: Engine, x: torch.Tensor, repeats: int = 2) -> tuple[torch.Ten
     return y, best
 
 
-def choose_precision(model: Separator, device: str | torch.device = "cpu", probe_seconds: float = 4.0) -> dict:
+def choose_precision(model: Separator, device: str | torch.device = "cpu", probe_seconds: float = 2.0) -> dict:
     """What ``--precision auto`` picks for this model on this machine, measured, once per process.
 
     Runs the model on a few seconds of real audio in fp32 and bf16 and takes bf16 only if its
