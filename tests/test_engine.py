@@ -54,7 +54,8 @@ def test_fp32_engine_equals_the_model(consistency, batch, length):
     assert out.shape == ref.shape == (batch, 4, length)
     if length > 100:
         assert worst_si_snr(ref, out) > 70
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    tol = 1e-4 if length > 100 else 1e-3  # a frame or two: zero variance, the norm amplifies rounding
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol / 10 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("kernel,sources", [(5, 2), (3, 8)])

@@ -11,8 +11,8 @@ a CPU once the matrix multiplies run near peak. This module restates the forward
   and each channel norm over time one fused batch-norm kernel over the (F, B·C) view
   (statistics with fp32 accumulation and the affine output in one call) instead of GroupNorm
   on a channels-first copy;
-* the dilated depthwise convolution as oneDNN's channels-last kernel where that is fast
-  (dilations ≤ 4), otherwise as K shifted multiply-adds over contiguous time slices;
+* the dilated depthwise convolution as oneDNN's channels-last depthwise kernel on the
+  time-major memory, large dilations through its polyphase view (see _Block._depthwise);
 * the analysis basis as framing + GEMM, the synthesis basis as GEMM + overlap-add
   (``fold``) rather than a slow ConvTranspose1d;
 * optionally bf16 for the blocks' activations and GEMM operands (AVX-512-BF16 / AMX on
@@ -59,10 +59,8 @@ def _norm(a: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, eps: float) -
     return out.view(frames, b, h)
 
 
-#: oneDNN's channels-last depthwise convolution is ~10× faster than three fused multiply-adds
-#: for dilations up to 6 and ~10× slower from 8 on (measured on AVX-512 with torch 2.14).
-_ONEDNN_MAX_DILATION = 4
-
+#: Largest dilation oneDNN's channels-last depthwise kernel handles fast (AVX-512, torch 2.14).
+_FAST_DILATION = 4
 
 #: Blocks kept in fp32 at reduced precision (see Engine._build).
 FP32_LEADING_BLOCKS = 1
@@ -81,10 +79,9 @@ class _Block:
         self.norm2 = (n2.weight.to(dtype, copy=True), n2.bias.to(dtype, copy=True), n2.eps)
         dw = block.depthwise
         self.conv = {"weight": dw.weight.unsqueeze(2).to(dtype, copy=True),  # (H, 1, 1, K)
-                     "bias": dw.bias.to(dtype, copy=True) if dw.bias is not None else None,
-                     "dilation": (1, dw.dilation[0]), "padding": (0, dw.padding[0]), "groups": dw.groups}
-        self.taps = dw.weight[:, 0, :].t().to(dtype, copy=True).contiguous()  # (K, H): rows contiguous for fast broadcasts
-        self.dilation, self.padding = dw.dilation[0], dw.padding[0]
+                     "bias": dw.bias.to(dtype, copy=True) if dw.bias is not None else None}
+        self.dilation, self.kernel = dw.dilation[0], dw.kernel_size[0]
+        self._repeated: dict[int, tuple] = {}  # copies → taps and bias repeated for the polyphase conv
         self.w_out = block.out.weight[:, :, 0].t().to(dtype, copy=True).contiguous()  # (H, C)
         self.scale = float(block.scale)
 
@@ -97,25 +94,33 @@ class _Block:
         return h.add_(out, alpha=self.scale)
 
     def _depthwise(self, a: torch.Tensor) -> torch.Tensor:
-        """Dilated depthwise conv with zero padding along time of a (F, B, H)."""
+        """Dilated depthwise conv with zero padding along time of a (F, B, H) → (F, B, H).
+
+        In time-major memory (F, B, H) is a channels-last (1, B·H, 1, F) image, so oneDNN's
+        channels-last depthwise kernel applies directly — but it is fast only for dilations
+        up to 4 (~10× slower from 8 on, measured). A conv with dilation d is also d undilated
+        convs over the polyphase sequences a[j::d], and (F, B, H) viewed as (F/d, d·B·H) holds
+        exactly those as d·B·H channels: one undilated conv with the taps repeated, after
+        zero-padding F to a multiple of d (zeros the conv's own padding would read anyway).
+        """
         frames, b, h = a.shape
-        if b == 1 and self.dilation <= _ONEDNN_MAX_DILATION:
-            # oneDNN's channels-last depthwise kernel: a (F, 1, H) is (1, H, 1, F) channels-last
-            x = a.as_strided((1, h, 1, frames), (frames * h, 1, frames * h, h))  # (1, H, 1, F) channels-last
-            y = Fn.conv2d(x, **self.conv)  # (1, H, 1, F) channels-last
-            return y.as_strided((frames, 1, h), (h, h, 1))  # (F, 1, H) the same memory
-        offsets = [k * self.dilation - self.padding for k in range(self.taps.shape[0])]  # tap k reads a[t + o_k]
-        centre = offsets.index(0)  # odd kernel, symmetric padding
-        bias = self.conv["bias"]
-        y = a * self.taps[centre] if bias is None else torch.addcmul(bias, a, self.taps[centre])
-        for k, o in enumerate(offsets):
-            if o == 0 or abs(o) >= frames:
-                continue
-            if o > 0:
-                y[: frames - o].addcmul_(a[o:], self.taps[k])
-            else:
-                y[-o:].addcmul_(a[: frames + o], self.taps[k])
-        return y
+        d, k = self.dilation, self.kernel
+        phases = 1 if d <= _FAST_DILATION else d
+        rows = -(-frames // phases)  # ceil(F / phases)
+        if rows * phases != frames:
+            a = Fn.pad(a, (0, 0, 0, 0, 0, rows * phases - frames))
+        c = phases * b * h
+        x = a.as_strided((1, c, 1, rows), (rows * c, 1, rows * c, c))  # (1, channels, 1, rows) channels-last
+        weight, bias = self._taps_for(phases * b)
+        step = d // phases
+        y = Fn.conv2d(x, weight, bias, dilation=(1, step), padding=(0, step * (k - 1) // 2), groups=c)
+        return y.as_strided((frames, b, h), (b * h, h, 1))  # (F, B, H): the same memory, padding dropped
+
+    def _taps_for(self, copies: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if copies not in self._repeated:
+            w, bias = self.conv["weight"], self.conv["bias"]
+            self._repeated[copies] = (w.repeat(copies, 1, 1, 1), None if bias is None else bias.repeat(copies))
+        return self._repeated[copies]
 
 
 class Engine:
