@@ -21,9 +21,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from common import header, table
+from torch.utils.flop_counter import FlopCounterMode
 
 from birdsep import audio
 from birdsep.pretrained import EXAMPLE_RECORDING, load_model

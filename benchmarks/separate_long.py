@@ -5,12 +5,16 @@ Builds 1, 10 and 60-minute recordings by tiling a real field recording from ../s
 command — decoding, resampling, separation, writing — in a fresh process each, reading the
 peak resident memory (RSS) from the operating system.
 
-    .venv/bin/python benchmarks/separate_long.py [--minutes 1 10 60] [--model PATH]
+    .venv/bin/python benchmarks/separate_long.py [--minutes 1 10 60] [--model PATH] [--compare]
+
+--compare also runs each length with the settings birdsep used before the inference engine
+(6 s blocks, 50 % overlap, fp32), alternating with the defaults, and prints their ratio.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,32 +54,46 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--compare", action="store_true", help="also run the earlier settings, for a ratio")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for birdsep separate")
     args = ap.parse_args()
     if not SOURCE.exists():
         sys.exit(f"needs {SOURCE}")
     header("birdsep separate, end to end on long recordings")
-    rows = []
+    configs = {"defaults": []}
+    if args.compare:
+        configs["6 s blocks, 50 % overlap, fp32"] = ["--block", "6", "--overlap", "0.5", "--precision", "fp32"]
+    rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for minutes in args.minutes:
             rec = tmp / f"rec_{minutes:g}min.flac"
             make_recording(rec, minutes)
-            out = tmp / f"out_{minutes:g}"
-            cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *args.extra]
-            if args.model:
-                cmd += ["--model", args.model]
-            res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
-            rc, wall, rss_kb, cpu = res.stdout.split()
-            meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
-            rows.append({"input": f"{minutes:g} min @ 32 kHz", "exit": rc, "wall s": f"{float(wall):.1f}",
-                         "× real time": f"{minutes * 60 / float(wall):.1f}", "CPU s": f"{float(cpu):.1f}",
-                         "peak RSS MB": f"{int(rss_kb) / 1024:.0f}",
-                         "model": Path(meta.get("model", "?")).name})
-            for p in out.rglob("*.wav"):
-                p.unlink()
+            walls = {}
+            for label, flags in configs.items():
+                out = tmp / f"out_{minutes:g}"
+                cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *flags,
+                       *args.extra]
+                if args.model:
+                    cmd += ["--model", args.model]
+                res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
+                rc, wall, rss_kb, cpu = res.stdout.split()
+                meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
+                walls[label] = float(wall)
+                rows.append({"input": f"{minutes:g} min @ 32 kHz", "settings": label, "exit": rc,
+                             "wall s": f"{float(wall):.1f}", "× real time": f"{minutes * 60 / float(wall):.1f}",
+                             "CPU s": f"{float(cpu):.1f}", "peak RSS MB": f"{int(rss_kb) / 1024:.0f}",
+                             "precision": meta.get("settings", {}).get("precision", "?"),
+                             "model": Path(meta.get("model", "?")).name})
+                shutil.rmtree(out, ignore_errors=True)
+            if len(walls) == 2:
+                now = walls.pop("defaults")
+                (before,) = walls.values()
+                ratios.append(f"{minutes:g} min: the defaults run {before / now:.2f}× as fast as the earlier settings")
             rec.unlink()
     table(rows)
+    for line in ratios:
+        print(line)
 
 
 if __name__ == "__main__":

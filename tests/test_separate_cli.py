@@ -194,3 +194,30 @@ def test_python_api_numpy_and_torch(data_dir):
 def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["separate", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
     assert "no model here" in capsys.readouterr().err
+
+
+def test_cli_block_defaults_are_the_library_defaults():
+    from birdsep.cli import build_parser
+    from birdsep.pipeline import SeparateOptions
+    from birdsep.separation.apply import BlockSettings
+
+    a = build_parser().parse_args(["separate", "x.wav"])
+    assert (a.block, a.overlap, a.precision, a.device) == (BlockSettings().block_seconds, BlockSettings().overlap,
+                                                            "auto", "auto")
+    assert (SeparateOptions().block_seconds, SeparateOptions().overlap) == (a.block, a.overlap)
+
+
+def test_precision_choices_recorded(data_dir, tmp_path):
+    clip = data_dir / "soundscapes" / "pennsylvania" / "dawn_chorus_1min.flac"
+    short = tmp_path / "clip.wav"
+    x, sr = audio.load(clip, duration=8.0)
+    sf.write(short, x, sr)
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / precision
+        assert main(["separate", str(short), "-o", str(out), "-q", "--precision", precision]) == 0
+        meta = json.loads((out / "clip" / "separation.json").read_text())
+        assert meta["settings"]["precision"] in (("fp32", "bf16") if precision == "auto" else (precision,))
+        assert np.abs(read_sum(out / "clip")[1] - x).max() < 1e-3
+    with pytest.raises(SystemExit) as stop:  # argparse: one usage line, exit 2
+        main(["separate", str(short), "-o", str(tmp_path / "bad"), "-q", "--precision", "fp16"])
+    assert stop.value.code == 2

@@ -163,8 +163,11 @@ def _add_separate(sub) -> None:
     p.add_argument("--block", type=float, default=12.0, help="block length in seconds for long files (default 12)")
     p.add_argument("--overlap", type=float, default=0.125,
                    help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--precision", default="auto", help="fp32 | bf16 | auto")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                   help="where the separator runs (default auto: a CUDA GPU if there is one)")
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
+                   help="separator arithmetic (default auto: bf16 where measured faster here and within "
+                        "40 dB SI-SNR of fp32, else fp32)")
     p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
     p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
     p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")

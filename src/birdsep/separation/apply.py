@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from birdsep.separation.engine import engine_for
-
 
 DEFAULT_BLOCK_SECONDS = 12.0
 DEFAULT_OVERLAP = 0.125
