@@ -22,3 +22,11 @@ def data_dir() -> Path:
 def _threads():
     torch.set_num_threads(2)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Measured precision choices go to a temporary folder, not the user's ~/.cache."""
+    import os
+
+    os.environ["BIRDSEP_CACHE"] = str(tmp_path_factory.mktemp("birdsep_cache"))

@@ -137,3 +137,23 @@ def test_engines_are_cached_per_model_and_precision():
     assert a is E.engine_for(model, "fp32") and a is not b
     with pytest.raises(ValueError):
         E.engine_for(model, "fp16")
+
+
+def test_auto_precision_remembered_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIRDSEP_CACHE", str(tmp_path))
+    model = load_model(None)
+    E.forget(model)
+    first = E.choose_precision(model)
+    assert E.choices_file().is_file()
+    E.forget(model)
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(E, "_measure", no_measuring)
+    assert E.choose_precision(model) == first  # read back, not re-measured
+    E.forget(model)
+    other = randomised(TINY)  # other weights: another key, so it is measured
+    with pytest.raises(AssertionError, match="measured again"):
+        E.choose_precision(other)
+    E.forget(model)

@@ -33,9 +33,14 @@ M sources, T samples, W basis window.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
+import os
+import platform
 import sys
 import time
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as Fn
@@ -309,25 +314,87 @@ def _timed(engine: Engine, x: torch.Tensor, repeats: int = 2) -> tuple[torch.Ten
 
 
 def choose_precision(model: Separator, device: str | torch.device = "cpu", probe_seconds: float = 2.0) -> dict:
-    """What ``--precision auto`` picks for this model on this machine, measured, once per process.
+    """What ``--precision auto`` picks for this model on this machine, measured.
 
     Runs the model on a few seconds of real audio in fp32 and bf16 and takes bf16 only if its
     sources are within ``MIN_SI_SNR_DB`` of fp32's (worst source) and it is at least
-    ``MIN_SPEEDUP`` faster. Returns {"precision", "si_snr_db", "speedup"}.
+    ``MIN_SPEEDUP`` faster. Returns {"precision", "si_snr_db", "speedup"}. Remembered for the
+    process, and on disk (``choices_file()``) keyed by the weights, the processor, PyTorch and
+    this module's rules, so later runs skip the measurement (0.3 s); delete the file to re-measure.
     """
     key = str(device)
     cache = _choices.setdefault(model, {})
     if key not in cache:
-        from birdsep.separation.mixit import si_snr
-
-        x = _probe(model, probe_seconds).to(device)
-        ref, t32 = _timed(engine_for(model, "fp32", device), x)
-        try:
-            low, t16 = _timed(engine_for(model, "bf16", device), x)
-            quality = float(si_snr(ref[0].double(), low[0].double()).min())
-        except RuntimeError:  # no bf16 kernels on this device
-            quality, t16 = float("-inf"), float("inf")
-        fast = t32 / t16 >= MIN_SPEEDUP
-        cache[key] = {"precision": "bf16" if quality >= MIN_SI_SNR_DB and fast else "fp32",
-                      "si_snr_db": round(quality, 1), "speedup": round(t32 / t16, 2)}
+        disk_key = _machine_key(model, device)
+        stored = _read_choices().get(disk_key)
+        cache[key] = stored if isinstance(stored, dict) and "precision" in stored else _measure(model, device,
+                                                                                                 probe_seconds)
+        if stored is None:
+            _store_choice(disk_key, cache[key])
     return cache[key]
+
+
+def _measure(model: Separator, device, probe_seconds: float) -> dict:
+    from birdsep.separation.mixit import si_snr
+
+    x = _probe(model, probe_seconds).to(device)
+    ref, t32 = _timed(engine_for(model, "fp32", device), x)
+    try:
+        low, t16 = _timed(engine_for(model, "bf16", device), x)
+        quality = float(si_snr(ref[0].double(), low[0].double()).min())
+    except RuntimeError:  # no bf16 kernels on this device
+        quality, t16 = float("-inf"), float("inf")
+    fast = t32 / t16 >= MIN_SPEEDUP
+    return {"precision": "bf16" if quality >= MIN_SI_SNR_DB and fast else "fp32",
+            "si_snr_db": round(quality, 1), "speedup": round(t32 / t16, 2)}
+
+
+def choices_file() -> Path:
+    """Where measured precision choices are kept ($BIRDSEP_CACHE or ~/.cache/birdsep)."""
+    root = os.environ.get("BIRDSEP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birdsep"
+    return Path(root) / "precision_choices.json"
+
+
+def _machine_key(model: Separator, device) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if torch.device(device).type == "cuda":
+        processor = torch.cuda.get_device_name(torch.device(device))
+    else:
+        processor = f"{platform.machine()} {_cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
+    rules = f"{MIN_SI_SNR_DB}/{MIN_SPEEDUP}/{FP32_LEADING_BLOCKS}"
+    return f"{digest.hexdigest()[:16]} | {processor} | torch {torch.__version__} | {rules}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _read_choices() -> dict:
+    try:
+        data = json.loads(choices_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _store_choice(key: str, choice: dict) -> None:
+    from birdsep.audio import write_text_atomic
+
+    try:
+        path = choices_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_choices()
+        data[key] = choice
+        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    except OSError:  # a read-only home: measure again next time
+        pass
