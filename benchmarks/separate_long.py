@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--model", default=None)
     ap.add_argument("--compare", action="store_true", help="also run the earlier settings, for a ratio")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each (alternating); the median is shown")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for birdsep separate")
     args = ap.parse_args()
     if not SOURCE.exists():
@@ -70,22 +71,29 @@ def main():
             rec = tmp / f"rec_{minutes:g}min.flac"
             make_recording(rec, minutes)
             walls = {}
-            for label, flags in configs.items():
-                out = tmp / f"out_{minutes:g}"
-                cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *flags,
-                       *args.extra]
-                if args.model:
-                    cmd += ["--model", args.model]
-                res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
-                rc, wall, rss_kb, cpu = res.stdout.split()
-                meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
-                walls[label] = float(wall)
+            runs: dict[str, list] = {label: [] for label in configs}
+            for _ in range(args.repeats):
+                for label, flags in configs.items():
+                    out = tmp / f"out_{minutes:g}"
+                    cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *flags,
+                           *args.extra]
+                    if args.model:
+                        cmd += ["--model", args.model]
+                    res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
+                    rc, wall, rss_kb, cpu = res.stdout.split()
+                    meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
+                    runs[label].append((float(wall), rc, float(cpu), int(rss_kb), meta))
+                    shutil.rmtree(out, ignore_errors=True)
+            for label, got in runs.items():
+                got.sort(key=lambda r: r[0])
+                wall, rc, cpu, rss_kb, meta = got[len(got) // 2]
+                walls[label] = wall
                 rows.append({"input": f"{minutes:g} min @ 32 kHz", "settings": label, "exit": rc,
-                             "wall s": f"{float(wall):.1f}", "× real time": f"{minutes * 60 / float(wall):.1f}",
-                             "CPU s": f"{float(cpu):.1f}", "peak RSS MB": f"{int(rss_kb) / 1024:.0f}",
+                             "wall s (median)": f"{wall:.1f}", "× real time": f"{minutes * 60 / wall:.1f}",
+                             "runs": f"{len(got)}: {got[0][0]:.1f}–{got[-1][0]:.1f} s",
+                             "CPU s": f"{cpu:.1f}", "peak RSS MB": f"{max(r[3] for r in got) / 1024:.0f}",
                              "precision": meta.get("settings", {}).get("precision", "?"),
                              "model": Path(meta.get("model", "?")).name})
-                shutil.rmtree(out, ignore_errors=True)
             if len(walls) == 2:
                 now = walls.pop("defaults")
                 (before,) = walls.values()
