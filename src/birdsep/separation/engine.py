@@ -94,7 +94,7 @@ class _Block:
         self.dw_bias = _f32(dw.bias) if dw.bias is not None else torch.zeros(dw.out_channels)
         self.dilation, self.kernel = dw.dilation[0], dw.kernel_size[0]
         self.w_out = _f32(block.out.weight[:, :, 0].t()).contiguous()  # (H, C): scaled per call by norm2
-        self.scale = float(block.scale)
+        self.scale = float(block.scale.detach())
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """h (F, B, C) fp32 residual stream → updated in place and returned."""
