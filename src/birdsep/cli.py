@@ -20,6 +20,18 @@ def _batch_summary(verb: str, s, out: str) -> int:
     return 1 if s.failed else 0
 
 
+def _globs_from(files: list[str]) -> tuple[str, ...]:
+    """The globs listed in ``files``: one per line, blank lines and ``#`` comments ignored."""
+    globs = []
+    for name in files:
+        try:
+            text = open(name, encoding="utf-8").read()
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot read exclude list ({exc.strerror or exc})") from None
+        globs += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return tuple(g for g in globs if g)
+
+
 def _add_train_separator(sub) -> None:
     p = sub.add_parser("train-separator", help="train a MixIT separator on unlabelled recordings")
     p.add_argument("data", nargs="+", help="audio files or folders (recursive)")
@@ -31,6 +43,8 @@ def _add_train_separator(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip-seconds", type=float, default=None, help="mixture length (default: the preset's)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip files matching this glob (repeatable)")
+    p.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
+                   help="skip files matching any glob listed in FILE (one per line, # comments; repeatable)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="carry on from RUN_DIR's last checkpoint")
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +61,8 @@ def _add_train_separator(sub) -> None:
 
         opts = TrainOptions(
             out=a.out, preset=a.preset, sources=a.sources, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-            clip_seconds=a.clip_seconds, exclude=tuple(a.exclude), checkpoint_every=a.checkpoint_every,
+            clip_seconds=a.clip_seconds, exclude=tuple(a.exclude) + _globs_from(a.exclude_from),
+            checkpoint_every=a.checkpoint_every,
             resume=a.resume, seed=a.seed, workers=a.workers, precision=a.precision, accelerator=a.accelerator,
             devices=a.devices, strategy=a.strategy, num_nodes=a.num_nodes, threads=a.threads,
         )

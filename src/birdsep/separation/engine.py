@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as Fn
 
-from birdsep.separation.model import Separator, mixture_consistency
+from birdsep.separation.model import Separator, STFTBasis, mixture_consistency
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -178,9 +178,11 @@ class Engine:
         self.config, self.dtype = cfg, dtype
         self.window, self.hop = model.basis.window, model.basis.hop
         self.frames_for, self.pad = model.basis.frames_for, model.basis.pad
-        analysis = model.basis.analysis.weight.detach()[:, 0, :].to(f32, copy=True)  # (N, W)
-        self.analysis, self.analysis_t = analysis.t().contiguous(), analysis  # (W, N), (N, W)
-        self.synthesis_t = model.basis.synthesis.weight.detach()[:, 0, :].t().to(f32, copy=True).contiguous()  # (W, N)
+        self.stft = model.basis if isinstance(model.basis, STFTBasis) else None  # parameter-free: used as is
+        if self.stft is None:
+            analysis = model.basis.analysis.weight.detach()[:, 0, :].to(f32, copy=True)  # (N, W)
+            self.analysis, self.analysis_t = analysis.t().contiguous(), analysis  # (W, N), (N, W)
+            self.synthesis_t = model.basis.synthesis.weight.detach()[:, 0, :].t().to(f32, copy=True).contiguous()  # (W, N)
         net = model.masknet
         self.w_in = net.inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
         self.b_in = net.inp.bias.detach().to(f32, copy=True)
@@ -199,10 +201,14 @@ class Engine:
         single = mixture.dim() == 1
         x = (mixture.unsqueeze(0) if single else mixture).float()  # (B, T)
         b, length = x.shape
-        m, n = self.config.num_sources, self.config.num_coeffs
+        m, n = self.config.num_sources, self.config.coefficients
         padded = self.pad(x)  # (B, T')
-        frames = padded.unfold(-1, self.window, self.hop)  # (B, F, W), a view
-        coeffs = torch.relu(frames.transpose(0, 1) @ self.analysis)  # (F, B, N) time-major for the blocks
+        if self.stft is not None:
+            spec = self.stft.encode(padded)  # (B, N, F) complex
+            coeffs = self.stft.features(padded, spec).permute(2, 0, 1)  # (F, B, N) time-major for the blocks
+        else:
+            frames = padded.unfold(-1, self.window, self.hop)  # (B, F, W), a view
+            coeffs = torch.relu(frames.transpose(0, 1) @ self.analysis)  # (F, B, N) time-major for the blocks
         h = torch.addmm(self.b_in, coeffs.reshape(-1, n), self.w_in).view(*coeffs.shape[:2], -1)  # (F, B, C)
         rows = max(block.phases for block in self.blocks)
         rows = -(-h.shape[0] // rows) * rows  # F rounded up to every block's polyphase factor
@@ -219,6 +225,10 @@ class Engine:
         # The head runs channels-first, so that synthesis frames come out as fold wants them:
         # no transposing copies of the (B, M, N, F) masked coefficients.
         masks = torch.matmul(self.w_mask_t, h.permute(1, 2, 0)).add_(self.b_mask[:, None]).sigmoid_()  # (B, M·N, F)
+        if self.stft is not None:
+            masked = masks.view(b, m, n, -1) * spec[:, None]  # (B, M, N, F) complex
+            sources = self.stft.decode(masked.view(b * m, n, -1), padded.shape[-1]).view(b, m, -1)[..., :length]
+            return self._consistent(x, sources, h, single)
         coeffs_t = torch.relu(self.analysis_t @ frames.transpose(1, 2))  # (B, N, F)
         masked = masks.view(b, m, n, -1).mul_(coeffs_t[:, None])  # (B, M, N, F)
         cols = self.synthesis_t @ masked.view(b * m, n, -1)  # (B·M, W, F)
@@ -226,6 +236,10 @@ class Engine:
         total = self.window + (nf - 1) * self.hop
         sources = Fn.fold(cols, (1, total), (1, self.window), stride=(1, self.hop))  # (B·M, 1, 1, T')
         sources = sources.view(b, m, total)[..., :length]  # (B, M, T)
+        return self._consistent(x, sources, h, single)
+
+    def _consistent(self, x: torch.Tensor, sources: torch.Tensor, h: torch.Tensor, single: bool) -> torch.Tensor:
+        """Mixture consistency of sources (B, M, T) with x (B, T); h (F, B, C) for learned weights."""
         mode = self.config.consistency
         if mode != "none":
             weights = mode
