@@ -1,0 +1,229 @@
+"""One bird per track: how much of each planted bird ends up in its single best track.
+
+Builds long recordings (default 4 scenes × 3 min, 32 kHz) from a real recorder background
+(../shared/data/noise/field/BR_clear_*: ARU clips with no rain, looped with cross-fades) and
+2–4 birds of species kept out of separator training (``splits/heldout_species.txt``), each
+repeating one of its own songs, cut from its Xeno-canto recording, with 3–12 s of silence
+between songs. Each scene is separated with ``birdsep.separate`` exactly as a user would
+(12 s blocks, cross-fades, track alignment, default precision).
+
+For every planted song s (samples t0…t1) and every output track y_m, the share of the song
+in the track is its projection coefficient c_m = ⟨y_m, s⟩ / ‖s‖² over t0…t1 (the tracks sum
+to the input, so the c_m sum to ≈ 1; negative ones count as 0). A bird's share in track m
+over the whole file is the song-energy-weighted mean of c_m over its songs; its **purity**
+is its share in its single best track. For a 22.05 kHz model, whatever the model could not
+see (``high_band.wav``: the input minus the sum of the tracks) is one more "track" that can
+hold part of a bird but is never its best one. ``songs on track`` is the share of songs whose
+largest part lies in the bird's best track (1.0: no identity swaps).
+
+Goal (issue 11): mean purity ≥ 0.9 and no bird below 0.8.
+
+    .venv/bin/python benchmarks/track_purity.py --model src/birdsep/models/separator_small_m4 \\
+        --model ~/birdsep-runs/stft_m4
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common import header, table
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+RATE = 32000
+
+
+@dataclass
+class Song:
+    bird: int
+    start: int
+    signal: np.ndarray  # (n,) as planted
+
+
+@dataclass
+class Scene:
+    mixture: np.ndarray  # (T,)
+    songs: list[Song]
+    birds: list[str]  # species per bird
+
+
+def heldout_recordings(data: Path) -> dict[str, list[Path]]:
+    globs = [g for g in (line.split("#", 1)[0].strip() for line in (HERE / "splits" / "heldout_species.txt")
+                         .read_text().splitlines()) if g]
+    by_species: dict[str, list[Path]] = {}
+    for folder in ("xc", "xc_extra"):
+        for f in sorted((data / folder).glob("*/*.mp3")):
+            if any(fnmatch.fnmatch(str(f), g) for g in globs):
+                by_species.setdefault(f.parent.name, []).append(f)
+    return by_species
+
+
+def band_envelope(x: np.ndarray, frame: int) -> np.ndarray:
+    """Energy (dB) of consecutive frames in 1–12 kHz, where songbirds sing."""
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, [1000, 12000], btype="band", fs=RATE, output="sos")
+    y = sosfilt(sos, x)
+    n = len(y) // frame
+    return 10 * np.log10(np.mean(y[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+
+
+def cut_song(x: np.ndarray, min_s: float = 0.6, max_s: float = 4.0) -> np.ndarray | None:
+    """The loudest vocalisation of a recording: frames ≥ 12 dB over its floor, gaps < 0.3 s
+    bridged, cut with 50 ms margins and 20 ms fades. None if nothing fits."""
+    frame = int(0.02 * RATE)
+    db = band_envelope(x, frame)
+    if len(db) < 10:
+        return None
+    active = db > np.percentile(db, 20) + 12
+    runs, start = [], None
+    for i, a in enumerate(np.append(active, False)):
+        if a and start is None:
+            start = i
+        elif not a and start is not None:
+            runs.append([start, i])
+            start = None
+    merged = []
+    for r in runs:
+        if merged and r[0] - merged[-1][1] < 15:
+            merged[-1][1] = r[1]
+        else:
+            merged.append(r)
+    good = [r for r in merged if min_s <= (r[1] - r[0]) * 0.02 <= max_s]
+    if not good:
+        return None
+    best = max(good, key=lambda r: db[r[0]:r[1]].mean())
+    a, b = max(0, best[0] * frame - int(0.05 * RATE)), min(len(x), best[1] * frame + int(0.05 * RATE))
+    song = x[a:b].astype(np.float64).copy()
+    fade = int(0.02 * RATE)
+    ramp = np.sin(0.5 * np.pi * np.arange(fade) / fade) ** 2
+    song[:fade] *= ramp
+    song[-fade:] *= ramp[::-1]
+    return song
+
+
+def background(data: Path, seconds: float) -> np.ndarray:
+    from birdsep import audio
+
+    clips = [audio.load(f, RATE)[0] for f in sorted((data / "noise" / "field").glob("BR_clear_*"))]
+    fade = int(0.5 * RATE)
+    out = clips[0].astype(np.float64)
+    i = 1
+    while len(out) < seconds * RATE:
+        nxt = clips[i % len(clips)].astype(np.float64)
+        ramp = np.sin(0.5 * np.pi * np.arange(fade) / fade) ** 2
+        out[-fade:] = out[-fade:] * ramp[::-1] + nxt[:fade] * ramp
+        out = np.concatenate([out, nxt[fade:]])
+        i += 1
+    out = out[: int(seconds * RATE)]
+    return out / (np.sqrt(np.mean(out ** 2)) + 1e-12) * 10 ** (-40 / 20)  # −40 dBFS RMS
+
+
+def make_scenes(data: Path, count: int, seconds: float, seed: int) -> list[Scene]:
+    from birdsep import audio
+
+    rng = np.random.default_rng(seed)
+    recordings = heldout_recordings(data)
+    songs: dict[str, np.ndarray] = {}
+    for species, files in recordings.items():
+        for f in files:
+            s = cut_song(audio.load(f, RATE)[0])
+            if s is not None:
+                songs[species] = s
+                break
+    names = sorted(songs)
+    bg = background(data, seconds)
+    scenes = []
+    for i in range(count):
+        n_birds = [2, 3, 4][i % 3]
+        chosen = list(rng.choice(names, n_birds, replace=False))
+        mix = bg.copy()
+        planted = []
+        for b, species in enumerate(chosen):
+            song = songs[species]
+            level = rng.uniform(-6, 12)  # dB of the song's RMS over the background's
+            t = rng.uniform(0, 6)
+            while t * RATE + len(song) < len(mix):
+                gain = 10 ** ((level + rng.uniform(-2, 2)) / 20) * 10 ** (-40 / 20) / (np.sqrt(np.mean(song ** 2)) + 1e-12)
+                start = int(t * RATE)
+                planted.append(Song(b, start, song * gain))
+                mix[start:start + len(song)] += song * gain
+                t += len(song) / RATE + rng.uniform(3, 12)
+        scenes.append(Scene(mix.astype(np.float32), planted, chosen))
+    return scenes
+
+
+def purity(scene: Scene, tracks: np.ndarray) -> list[dict]:
+    """tracks (K, T): the separated tracks (plus, for band-limited models, the high band as the last)."""
+    n_birds = len(scene.birds)
+    share = np.zeros((n_birds, tracks.shape[0]))
+    weight = np.zeros(n_birds)
+    song_best: list[list[int]] = [[] for _ in range(n_birds)]
+    for song in scene.songs:
+        s = song.signal
+        seg = tracks[:, song.start:song.start + len(s)].astype(np.float64)  # (K, n)
+        energy = float(s @ s)
+        c = np.maximum(seg @ s / energy, 0.0)
+        c = c / (c.sum() + 1e-12)
+        share[song.bird] += energy * c
+        weight[song.bird] += energy
+        song_best[song.bird].append(int(np.argmax(c)))
+    rows = []
+    for b in range(n_birds):
+        sh = share[b] / weight[b]
+        best = int(np.argmax(sh))
+        rows.append({"species": scene.birds[b], "purity": float(sh[best]), "track": best,
+                     "songs": len(song_best[b]), "on_track": float(np.mean(np.asarray(song_best[b]) == best))})
+    return rows
+
+
+def separate(model: str | None, mixture: np.ndarray) -> np.ndarray:
+    import birdsep
+
+    sources, _ = birdsep.separate(mixture, RATE, model=model)  # (M, T) at RATE
+    residual = mixture - sources.sum(0)  # what the model's band left out (zero for a 32 kHz model)
+    if np.sqrt(np.mean(residual ** 2)) > 1e-3 * np.sqrt(np.mean(mixture ** 2)):
+        sources = np.concatenate([sources, residual[None]], axis=0)
+    return sources
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", default=None,
+                    help="model folder or run directory (repeatable; default: the shipped model)")
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--per-bird", action="store_true", help="also print every bird's row")
+    args = ap.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    header(f"Track purity: {args.scenes} scenes × {args.minutes:g} min, held-out birds over a real background")
+    scenes = make_scenes(DATA, args.scenes, args.minutes * 60, args.seed)
+    print(f"{sum(len(s.birds) for s in scenes)} planted birds, {sum(len(s.songs) for s in scenes)} songs\n")
+    summary, detail = [], []
+    for model in args.model or [None]:
+        rows = []
+        for i, scene in enumerate(scenes):
+            for r in purity(scene, separate(model, scene.mixture)):
+                rows.append(r)
+                detail.append({"model": Path(model).name if model else "shipped", "scene": i, **{
+                    k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}})
+        p = np.array([r["purity"] for r in rows])
+        summary.append({"model": model or "shipped default", "birds": len(rows), "mean purity": f"{p.mean():.3f}",
+                        "min purity": f"{p.min():.3f}", "birds ≥ 0.8": f"{(p >= 0.8).mean():.2f}",
+                        "songs on track": f"{np.mean([r['on_track'] for r in rows]):.3f}"})
+    table(summary)
+    if args.per_bird:
+        table(detail)
+
+
+if __name__ == "__main__":
+    main()
