@@ -67,6 +67,22 @@ def test_fp32_engine_other_shapes(kernel, sources):
     assert worst_si_snr(ref, E.Engine(model, torch.float32)(x)) > 70
 
 
+@pytest.mark.parametrize("consistency", ["uniform", "learned"])
+@pytest.mark.parametrize("batch,length", [(1, 7001), (2, 3000), (1, 1)])
+def test_fp32_engine_equals_the_stft_model(consistency, batch, length):
+    cfg = SeparatorConfig(basis="stft", sample_rate=8000, window_ms=16.0, hop_ms=4.0, bottleneck=16, hidden=24,
+                          repeats=2, blocks=5, consistency=consistency)
+    model = randomised(cfg)
+    x = torch.randn(batch, length)
+    with torch.inference_mode():
+        ref = model(x)
+    out = E.Engine(model, torch.float32)(x)
+    assert out.shape == ref.shape == (batch, 4, length)
+    if length > 100:
+        assert worst_si_snr(ref, out) > 70
+    torch.testing.assert_close(out.sum(1), x, atol=1e-5, rtol=0)
+
+
 def test_single_waveform_and_fallback_for_other_modules():
     model = randomised(TINY)
     x = torch.randn(5000)

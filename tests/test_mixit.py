@@ -89,3 +89,16 @@ def test_active_sources():
     # energies relative to the mixture: −0.9 dB, −26 dB, −60 dB, silent
     assert active_sources(srcs, mix, threshold_db=-20).item() == 1
     assert active_sources(srcs, mix, threshold_db=-30).item() == 2
+
+
+def test_sparsity_loss_known_values():
+    from birdsep.separation.mixit import sparsity_loss
+
+    t = torch.linspace(0, 1, 1000)
+    one = torch.stack([torch.sin(50 * t), 0 * t, 0 * t, 0 * t])[None]  # one active source of four
+    equal = torch.stack([torch.sin(50 * t)] * 4)[None]
+    two = torch.stack([torch.sin(50 * t), 0 * t, torch.sin(50 * t), 0 * t])[None]
+    assert abs(float(sparsity_loss(one)) - 1.0) < 1e-3
+    assert abs(float(sparsity_loss(equal)) - 2.0) < 1e-4  # √M
+    assert abs(float(sparsity_loss(two)) - 2 ** 0.5) < 1e-3
+    assert sparsity_loss(torch.randn(3, 8, 100)).shape == (3,)

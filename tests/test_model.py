@@ -100,3 +100,91 @@ def test_loss_decreases_on_real_batch(data_dir):
         opt.step()
         losses.append(loss.mean().item())
     assert losses[-1] < losses[0] - 1.0, losses
+
+
+STFT_TINY = SeparatorConfig(basis="stft", sample_rate=8000, window_ms=16.0, hop_ms=4.0, bottleneck=16, hidden=32,
+                            repeats=1, blocks=3)
+
+
+@pytest.mark.parametrize("length", [1, 127, 128, 129, 1001, 8000])
+def test_stft_basis_reconstructs_any_length(length):
+    """iSTFT(STFT(x)) = x at any length (all-one masks are the identity), N = window/2 + 1 bins."""
+    sep = Separator(STFT_TINY)
+    basis = sep.basis
+    x = torch.randn(2, length)
+    padded = basis.pad(x)
+    coeffs = basis.encode(padded)
+    assert coeffs.is_complex() and coeffs.shape == (2, STFT_TINY.window // 2 + 1, basis.frames_for(padded.shape[-1]))
+    assert STFT_TINY.coefficients == 65 and STFT_TINY.window == 128 and STFT_TINY.hop == 32
+    torch.testing.assert_close(basis.decode(coeffs, padded.shape[-1])[..., :length], x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+@pytest.mark.parametrize("length", [1, 333, 8001])
+def test_stft_separator_sums_to_input_and_is_scale_equivariant(m, length):
+    sep = Separator(dataclasses.replace(STFT_TINY, num_sources=m)).eval()
+    x = torch.randn(3, length)
+    x_copy = x.clone()
+    with torch.no_grad():
+        y = sep(x)
+        y_loud = sep(x * 100.0)
+    assert y.shape == (3, m, length)
+    torch.testing.assert_close(y.sum(1), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y_loud, y * 100.0, atol=1e-3, rtol=1e-4)  # features see x / rms(x)
+    assert torch.equal(x, x_copy)
+
+
+def test_stft_features_are_compressed_normalised_magnitudes():
+    basis = Separator(STFT_TINY).basis
+    x = torch.zeros(1, 800)
+    x[0, 400] = 1.0  # an impulse: flat magnitude spectrum in the frames that hold it
+    coeffs = basis.encode(x)
+    feats = basis.features(x, coeffs)
+    rms = (1 / 800) ** 0.5
+    expected = (coeffs.abs() / rms) ** STFT_TINY.compression
+    torch.testing.assert_close(feats, expected)
+    assert feats.min() >= 0
+    # silence stays silent and finite
+    assert torch.isfinite(basis.features(torch.zeros(1, 800), basis.encode(torch.zeros(1, 800)))).all()
+
+
+def test_stft_save_load_identical(tmp_path):
+    sep = Separator(STFT_TINY).eval()
+    save_model(sep, tmp_path / "m")
+    loaded = load_separator(tmp_path / "m")
+    x = torch.randn(1, 2345)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sep(x), atol=0, rtol=0)
+    assert loaded.config == sep.config and loaded.config.basis == "stft"
+
+
+def test_unknown_basis_refused():
+    with pytest.raises(ValueError, match="basis"):
+        Separator(dataclasses.replace(TINY, basis="wavelet"))
+    with pytest.raises(ValueError, match="basis"):
+        SeparatorConfig.from_dict({**TINY.to_dict(), "basis": "wavelet"})
+
+
+def test_stft_preset_is_full_band():
+    cfg = preset("stft")
+    assert cfg.sample_rate == 32000 and cfg.window == 1024 and cfg.hop == 256 and cfg.coefficients == 513
+    assert cfg.frames_per_second == 125
+
+
+@pytest.mark.parametrize("consistency", ["uniform", "learned"])
+def test_widen_sources_copies_outputs(consistency):
+    """M = 2 → 4 without noise: outputs 3 and 4 are copies of 1 and 2 before mixture consistency."""
+    from birdsep.separation.model import widen_sources
+
+    base = Separator(dataclasses.replace(STFT_TINY, num_sources=2, consistency="none")).eval()
+    state = widen_sources(base.state_dict(), 2, 4, STFT_TINY.coefficients, noise=0.0)
+    wide = Separator(dataclasses.replace(STFT_TINY, num_sources=4, consistency="none")).eval()
+    wide.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3000)
+    with torch.no_grad():
+        y2, y4 = base(x), wide(x)
+    torch.testing.assert_close(y4[:, :2], y2)
+    torch.testing.assert_close(y4[:, 2:], y2)
+    noisy = widen_sources(base.state_dict(), 2, 4, STFT_TINY.coefficients, noise=1e-2)
+    assert not torch.equal(noisy["masknet.masks.weight"][:65], noisy["masknet.masks.weight"][130:195])
+    assert base.state_dict()["masknet.masks.weight"].shape[0] == 130  # the input state is untouched

@@ -83,3 +83,25 @@ def test_no_usable_audio_is_a_clear_error(data_dir, tmp_path, capsys):
 
     code = main(["eval-separator", str(tmp_path / "missing.wav")])
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_warm_start_wider_with_sparsity_and_exclude_list(data_dir, tmp_path):
+    """--init-from an M=2 STFT run into M=4 with the sparsity loss; --exclude-from keeps a species out."""
+    train = [data_dir / "xc" / "veery", data_dir / "xc" / "wood_thrush"]
+    stft = ["--preset", "stft", "--clip-seconds", "1", "--batch-size", "2", "--workers", "0", "--threads", "2"]
+    base = tmp_path / "base"
+    r = birdsep("train-separator", *train, "--out", base, "--steps", "2", "--sources", "2", *stft)
+    assert r.returncode == 0, r.stderr[-2000:]
+    excludes = tmp_path / "exclude.txt"
+    excludes.write_text("# keep the veery out\n*/veery/*\n\n")
+    wide = tmp_path / "wide"
+    r = birdsep("train-separator", *train, "--out", wide, "--steps", "2", "--sources", "4", "--init-from", base,
+                "--sparsity", "0.5", "--exclude-from", excludes, "--checkpoint-every", "1", *stft)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "M=2 → 4" in r.stdout
+    config = json.loads((wide / "config.json").read_text())["config"]
+    assert config["num_sources"] == 4 and config["basis"] == "stft" and config["sample_rate"] == 32000
+    files = json.loads((wide / "data_index.json").read_text())
+    assert files and not any("veery" in key for key in files)
+    metrics = next((wide / "logs" / "csv").rglob("metrics.csv")).read_text()
+    assert "sparsity" in metrics.splitlines()[0]

@@ -55,6 +55,10 @@ def _add_train_separator(sub) -> None:
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--sparsity", type=float, default=0.0,
+                   help="weight of a loss that keeps one sound in one output (ℓ1/ℓ2 of source levels; default 0)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="warm start from a model folder or run directory (its design; --sources may add outputs)")
 
     def run(a):
         from birdsep.separation.train import TrainOptions, train_separator
@@ -65,6 +69,7 @@ def _add_train_separator(sub) -> None:
             checkpoint_every=a.checkpoint_every,
             resume=a.resume, seed=a.seed, workers=a.workers, precision=a.precision, accelerator=a.accelerator,
             devices=a.devices, strategy=a.strategy, num_nodes=a.num_nodes, threads=a.threads,
+            sparsity=a.sparsity, init_from=a.init_from,
         )
         train_separator(a.data, opts)
         return 0

@@ -83,6 +83,16 @@ def mixit_loss(
     return neg_snr_loss(references, remixed, snr_max).sum(dim=1), assignment
 
 
+def sparsity_loss(sources: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """ℓ1/ℓ2 ratio of the sources' RMS levels (Wisdom et al. 2021, "Sparse, efficient, and
+    semantic mixture invariant training"): 1 when one source carries everything, √M when all
+    are equally loud. Penalising it discourages spreading one sound over several outputs.
+    sources (B, M, T) → (B,).
+    """
+    rms = sources.float().pow(2).mean(dim=-1).add(eps).sqrt()  # (B, M)
+    return rms.sum(dim=-1) / rms.pow(2).sum(dim=-1).sqrt()
+
+
 def si_snr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     """Scale-invariant SNR in dB (zero-mean). (..., T) → (...)."""
     ref = reference - reference.mean(dim=-1, keepdim=True)

@@ -297,6 +297,27 @@ class Separator(nn.Module):
         return sources[0] if single else sources
 
 
+def widen_sources(state: dict[str, torch.Tensor], old: int, new: int, coefficients: int,
+                  noise: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A warm start for M = ``new`` outputs from the weights of a model with M = ``old``.
+
+    Everything but the mask head (and learned consistency weights) is shared; output m of
+    the new head starts as a copy of output m mod ``old`` plus a little noise, so the copies
+    can drift apart while training. Returns a new state dict; the input is not modified.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    pick = torch.arange(new) % old  # (new,) which old source each new one copies
+    for name in ("masknet.masks.weight", "masknet.masks.bias"):
+        w = state[name].view(old, coefficients, *state[name].shape[1:])  # (M_old, N, ...)
+        w = w[pick].reshape(new * coefficients, *state[name].shape[1:]).clone()
+        out[name] = w + noise * w.abs().mean() * torch.randn(w.shape, generator=g)
+    for name in ("masknet.mix_weights.weight", "masknet.mix_weights.bias"):
+        if name in state:
+            out[name] = state[name][pick].clone()
+    return out
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

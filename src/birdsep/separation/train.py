@@ -19,8 +19,8 @@ import torch
 from birdsep.audio import write_text_atomic
 from birdsep.checkpointing import AtomicCheckpointIO, quiet_lightning
 from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler
-from birdsep.separation.mixit import DEFAULT_SNR_MAX, mixit_loss
-from birdsep.separation.model import Separator, SeparatorConfig, preset, save_model
+from birdsep.separation.mixit import DEFAULT_SNR_MAX, mixit_loss, sparsity_loss
+from birdsep.separation.model import Separator, SeparatorConfig, preset, save_model, widen_sources
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class TrainOptions:
     num_nodes: int = 1
     threads: int | None = None
     snr_max: float = DEFAULT_SNR_MAX
+    sparsity: float = 0.0  # weight of the ℓ1/ℓ2 source-level sparsity loss (0: plain MixIT)
+    init_from: str | None = None  # warm start: a model folder or run directory (M may differ)
     grad_clip: float = 5.0
     progress: bool = True
 
@@ -53,17 +55,22 @@ class TrainOptions:
 class MixITModule(L.LightningModule):
     """The separator trained with the MixIT loss on batches of MoMs (B, 2, T)."""
 
-    def __init__(self, config: dict, lr: float, snr_max: float):
+    def __init__(self, config: dict, lr: float, snr_max: float, sparsity: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = Separator(SeparatorConfig.from_dict(config))
-        self.lr, self.snr_max = lr, snr_max
+        self.lr, self.snr_max, self.sparsity = lr, snr_max, sparsity
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         references = batch  # (B, 2, T)
         sources = self.model(references.sum(dim=1))  # (B, M, T)
         loss, _ = mixit_loss(references.float(), sources.float(), self.snr_max)
         loss = loss.mean()
+        if self.sparsity:
+            penalty = sparsity_loss(sources).mean()
+            self.log("mixit", loss, on_step=True)
+            self.log("sparsity", penalty, on_step=True)
+            loss = loss + self.sparsity * penalty
         self.log("loss", loss, prog_bar=True, on_step=True)
         return loss
 
@@ -113,6 +120,13 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
         if stored["options"].get("preset") != opts.preset or (opts.sources and opts.sources != config.num_sources):
             log.warning("resuming with the run's stored model (%s, M=%d); --preset/--sources ignored",
                         stored["options"].get("preset"), config.num_sources)
+    elif opts.init_from:
+        from birdsep.pretrained import load_model
+
+        base = load_model(opts.init_from)
+        config = dataclasses.replace(base.config, num_sources=opts.sources or base.config.num_sources,
+                                     clip_seconds=opts.clip_seconds or base.config.clip_seconds)
+        resumes = 0
     else:
         try:
             config = preset(opts.preset, num_sources=opts.sources, clip_seconds=opts.clip_seconds)
@@ -139,7 +153,14 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
         MoMDataset(sampler, seed=opts.seed * 1000 + resumes), batch_size=opts.batch_size,
         num_workers=opts.workers, persistent_workers=opts.workers > 0,
     )
-    module = MixITModule(config.to_dict(), opts.lr, opts.snr_max)
+    module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
+    if opts.init_from and not (opts.resume and ckpt.exists()):
+        state = base.state_dict()
+        if base.config.num_sources != config.num_sources:
+            state = widen_sources(state, base.config.num_sources, config.num_sources, config.coefficients,
+                                  seed=opts.seed)
+        module.model.load_state_dict(state, strict=True)
+        print(f"starting from the weights of {opts.init_from} (M={base.config.num_sources} → {config.num_sources})")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out / "checkpoints", every_n_train_steps=opts.checkpoint_every, save_last=True, save_top_k=0,
     )
