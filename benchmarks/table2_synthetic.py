@@ -68,7 +68,7 @@ def _rms(x: np.ndarray) -> float:
 
 
 def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list[dict]:
-    from birdsep import audio
+    from birdsep import audio, files
 
     rng = np.random.default_rng(seed)
     backgrounds = sorted((DATA / "soundscapes" / "jura_forest_24h").glob("*_0[0-3]*.flac"))
@@ -127,7 +127,7 @@ def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list
                            "High Freq (Hz)", "Species"])]
         rows += [f"{j}\tSpectrogram 1\t1\t{s:.3f}\t{e:.3f}\t0\t{RATE // 2}\t{lab}"
                  for j, (s, e, lab, _) in enumerate(sorted(events), 1)]
-        audio.write_text_atomic(work / "truth" / f"{name}.Table.1.selections.txt", "\n".join(rows) + "\n")
+        files.write_text(work / "truth" / f"{name}.Table.1.selections.txt", "\n".join(rows) + "\n")
         scenes.append({"name": name, "events": events})
     return scenes
 
@@ -145,7 +145,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from birdsep.detect import ClassifyOptions, Detector, covers, combine, detections, evaluate
+    from birdsep.detect import ClassifyOptions, Detector, combine, detections
+    from birdsep.evaluation import covers, evaluate
     from birdsep.outputs import write_csv
     from birdsep.pretrained import resolve
 

@@ -1,15 +1,18 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+#: Real recordings: ../shared/data beside the checkout, or $BIRDSEP_TEST_DATA (e.g. from a git worktree).
+DATA = Path(os.environ.get("BIRDSEP_TEST_DATA") or REPO.parent / "shared" / "data")
 
 
 def need_data() -> Path:
     if not DATA.is_dir():
-        pytest.skip(f"real audio not found at {DATA} (the ../shared/data folder beside the checkout)")
+        pytest.skip(f"real audio not found at {DATA} (the ../shared/data folder beside the checkout, "
+                "or set BIRDSEP_TEST_DATA)")
     return DATA
 
 
@@ -27,6 +30,4 @@ def _threads():
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Measured precision choices go to a temporary folder, not the user's ~/.cache."""
-    import os
-
     os.environ["BIRDSEP_CACHE"] = str(tmp_path_factory.mktemp("birdsep_cache"))

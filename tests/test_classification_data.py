@@ -3,11 +3,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdsep.audio import AudioError
 from birdsep.classification.augment import AugmentConfig
-from birdsep.classification.data import (LabelSpace, Recording, WindowDataset, activity_windows, read_labelled,
-                                         read_species_list)
-from birdsep.taxonomy import Taxonomy
+from birdsep.classification.data import LabelSpace, Recording, WindowDataset, activity_windows, read_labelled
+from birdsep.errors import UsageError
+from birdsep.taxonomy import Taxonomy, read_species_list
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +80,9 @@ def test_read_folder_csv_and_species_list(tmp_path):
     (rec,) = read_labelled(tmp_path / "labels.csv")
     assert rec.path == tmp_path / "tree/alpha/r1.wav" and rec.background == ("beta", "gamma")
     (tmp_path / "bad.csv").write_text("path_to,who\nx,y\n")
-    with pytest.raises(AudioError, match="needs columns"):
+    with pytest.raises(UsageError, match="needs columns"):
         read_labelled(tmp_path / "bad.csv")
-    with pytest.raises(AudioError):
+    with pytest.raises(UsageError):
         read_labelled(tmp_path / "nothing")
     (tmp_path / "list.txt").write_text("alpha\n# comment\n\nbeta  # second\nalpha\n")
     assert read_species_list(tmp_path / "list.txt") == ["alpha", "beta"]

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from birdsep.audio import AudioError
+from birdsep import files
 from birdsep.classification import model as M
+from birdsep.errors import UsageError
 
 
 def test_autopool_limits_mean_and_max():
@@ -121,7 +122,7 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
     ens = M.Ensemble(_cfg()).eval()
     M.save(ens, tmp_path)
     blob = json.loads((tmp_path / "config.json").read_text())
-    assert blob["format_version"] == M.FORMAT_VERSION and blob["config"]["species"] == ["a", "b", "c"]
+    assert blob["format_version"] == files.FORMAT_VERSION and blob["kind"] == "classifier" and blob["config"]["species"] == ["a", "b", "c"]
     back = M.load(tmp_path)
     assert back.cfg == ens.cfg
     x = torch.randn(1, 16000)
@@ -132,5 +133,5 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(blob))
     with pytest.raises(RuntimeError, match="size mismatch"):
         M.load(tmp_path)
-    with pytest.raises(AudioError, match="not a classifier run directory"):
+    with pytest.raises(UsageError, match="not a classifier run directory"):
         M.load(tmp_path / "nowhere")

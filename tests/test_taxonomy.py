@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from birdsep.audio import AudioError
+from birdsep.errors import UsageError
 from birdsep.taxonomy import Taxonomy, normalise
 
 
@@ -55,9 +55,9 @@ def test_user_csv_extends_and_overrides(tmp_path):
 def test_bad_user_csv_is_one_line_error(tmp_path):
     f = tmp_path / "tax.csv"
     f.write_text("name,kind\nx,y\n")
-    with pytest.raises(AudioError, match="species,genus,family,order"):
+    with pytest.raises(UsageError, match="species,genus,family,order"):
         Taxonomy.load(f)
-    with pytest.raises(AudioError, match="cannot read"):
+    with pytest.raises(UsageError, match="cannot read"):
         Taxonomy.load(tmp_path / "missing.csv")
 
 

@@ -101,7 +101,9 @@ def detect_activity_files(
     Columns: file, rank, start_s, end_s, energy. A file that cannot be read gets one line on
     ``err`` and the batch goes on; the result is 1 if any file failed.
     """
-    from birdsep.audio import AudioError, find_audio, load
+    from birdsep.audio import load
+    from birdsep.errors import AudioError, InputError
+    from birdsep.files import find_audio
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -114,7 +116,7 @@ def detect_activity_files(
     for item in inputs:
         try:
             files.extend(f for f, _ in find_audio([item]))
-        except AudioError as exc:
+        except InputError as exc:
             print(f"birdsep detect-activity: error: {exc}", file=err)
             failed += 1
     print("file\trank\tstart_s\tend_s\tenergy", file=out)

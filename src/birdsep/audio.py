@@ -1,13 +1,12 @@
 """Audio I/O: load any format libsndfile reads as mono float32 at a target rate, write
 atomically, and iterate over long files block by block without holding them in memory.
 
-Everything that touches a user's file goes through here, so that every failure becomes one
-:class:`AudioError` whose message names the file and the reason.
+Everything that reads a user's audio goes through here, so that every failure becomes one
+:class:`~birdsep.errors.AudioError` whose message names the file and the reason.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,23 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-#: Extensions collected when a folder is given (libsndfile's formats, MP3 included).
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64"}
-)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class AudioError(Exception):
-    """A file that cannot be used; ``str(err)`` is one line: ``<path>: <reason>``."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+from birdsep import files
+from birdsep.errors import AudioError
 
 
 @dataclass(frozen=True)
@@ -140,66 +124,14 @@ def blocks(path: str | os.PathLike, block_seconds: float = 10.0) -> Iterator[np.
         raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
 
 
-def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """Expand files and folders (recursively) into ``(file, root)`` pairs, sorted.
-
-    ``root`` is the folder the user named (or the file's parent), so that outputs can mirror
-    the input tree. A missing path raises :class:`AudioError`.
-    """
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
-                    found.append((f, p))
-        elif p.is_file():
-            found.append((p, p.parent))
-        else:
-            raise AudioError(p, "no such file or folder")
-    return found
-
-
-def relative_stem(path: Path, root: Path) -> str:
-    """``root/a/b.wav`` → ``a/b``: the name outputs for ``path`` are stored under."""
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        rel = Path(path.name)
-    return str(rel.with_suffix(""))
-
-
-def atomic_path(final: str | os.PathLike) -> tuple[Path, Path]:
-    """A temporary path beside ``final`` (same folder, so ``os.replace`` is atomic)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished outputs get the usual mode
-    return Path(tmp), final
-
-
 def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> None:
     """Write (T,) or (C, T) audio atomically (temporary name, then rename)."""
     x = np.asarray(x, dtype=np.float32)
     data = x.T if x.ndim == 2 else x
-    tmp, final = atomic_path(path)
-    try:
-        sf.write(str(tmp), data, sample_rate, subtype=subtype, format=_format_of(final))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.atomic(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format=_format_of(Path(path)))
 
 
 def _format_of(path: Path) -> str:
     ext = path.suffix.lower().lstrip(".")
     return {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}.get(ext, "WAV")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    tmp, final = atomic_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)

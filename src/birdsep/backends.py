@@ -28,7 +28,9 @@ BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 BIRDNET_HINT = 'the BirdNET backend needs the birdnet extra: pip install "birdsep[birdnet]"'
 
 
-class Classifier(Protocol):
+class Backend(Protocol):
+    """What ``birdsep classify`` needs of a classifier."""
+
     labels: list[str]
     window_seconds: float
     sample_rate: int
@@ -115,13 +117,9 @@ class Trained:
     def __init__(self, run_dir: str | Path, batch_size: int = 8):
         import torch
 
-        from birdsep.audio import AudioError
         from birdsep.classification import model as M
 
-        try:
-            self.model = M.load(run_dir)
-        except AudioError as exc:
-            raise UsageError(str(exc)) from None
+        self.model = M.load(run_dir)
         self.labels = list(self.model.cfg.species)
         self.window_seconds = float(self.model.cfg.window_seconds)
         self.sample_rate = int(self.model.cfg.sample_rate)
@@ -140,16 +138,10 @@ class Trained:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
 
 
-def load_classifier(spec: str, threads: int = 1) -> Classifier:
+def load_classifier(spec: str, threads: int = 1) -> Backend:
     """``"birdnet"`` → :class:`BirdNET`; anything else is a train-classifier run directory."""
     if spec.lower() == "birdnet":
         return BirdNET(threads=threads)
     if not Path(spec).is_dir():
         raise UsageError(f"--classifier must be 'birdnet' or a train-classifier run directory; {spec}: no such folder")
     return Trained(spec)
-
-
-def split_label(label: str) -> tuple[str, str]:
-    """``"Turdus merula_Eurasian Blackbird"`` → (scientific, common); a plain name → (name, name)."""
-    sci, sep, common = label.partition("_")
-    return (sci, common) if sep and common else (label, label)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from birdsep import audio
-from birdsep.audio import AudioError
+from birdsep.errors import InputError
+from birdsep.files import find_audio
 
 ERROR_LOG = "errors.log"
 
@@ -41,7 +41,7 @@ def guarded(work: Work, path: str, target: str) -> Result:
     """Run ``work`` on one file; a failure becomes one line (and a traceback for internal errors)."""
     try:
         return path, float(work(Path(path), Path(target))), None, None
-    except AudioError as exc:
+    except InputError as exc:
         return path, 0.0, str(exc), None
     except Exception as exc:  # keep the batch going; the details go to errors.log
         return path, 0.0, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
@@ -75,8 +75,8 @@ def run_batch(inputs: list[str], out: Path, *, target_for: Callable[[Path, Path]
     errors: list[str] = []
     for item in inputs:
         try:
-            found = audio.find_audio([item])
-        except AudioError as exc:
+            found = find_audio([item])
+        except InputError as exc:
             errors.append(str(exc))
             continue
         if Path(item).is_dir() and not found:

@@ -2,22 +2,15 @@
 half-written checkpoint under the final name (write to a temporary file, then rename)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from birdsep import files
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with files.atomic(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def quiet_lightning() -> None:

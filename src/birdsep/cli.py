@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from birdsep.errors import AudioError, UsageError
+from birdsep.errors import InputError, UsageError
 
 
 # --------------------------------------------------------------------------- separation
@@ -255,7 +255,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
 
     def run(a):
-        from birdsep.detect import evaluate_command
+        from birdsep.evaluation import evaluate_command
 
         return evaluate_command(a.pred, a.truth, window=a.window, json_path=a.json, species_list=a.species_list)
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except (AudioError, UsageError) as exc:
+    except InputError as exc:
         print(f"birdsep {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 """Separate + classify (paper §2.5): species detections from the mix and its separated tracks
-(``birdsep classify``), and scoring detections against annotations (``birdsep evaluate``).
+(``birdsep classify``). Scoring detections against annotations is :mod:`birdsep.evaluation`.
 
 For each window of a recording (``window`` seconds, ``overlap`` fraction shared with the
 next) a species' score is the classifier's score on the mix (``mix``), the maximum over the M
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from birdsep import audio, metrics
-from birdsep.audio import AudioError
-from birdsep.errors import UsageError
-from birdsep.outputs import Detection, file_key, read_table, write_audacity, write_csv, write_raven
+from birdsep import audio, files
 from birdsep.batch import BatchSummary, run_batch
+from birdsep.errors import AudioError, UsageError
+from birdsep.outputs import Detection, write_audacity, write_csv, write_raven
+from birdsep.taxonomy import label_names, read_species_list
 from birdsep.pipeline import MIN_SECONDS, pick_device, pick_precision
 
 log = logging.getLogger(__name__)
@@ -176,24 +176,14 @@ def detections(file: str, spans, scores: np.ndarray, channel: np.ndarray, labels
             for i, j in zip(*np.nonzero(ok))]
 
 
-def _names(label: str) -> set[str]:
-    from birdsep.backends import split_label
-
-    return {n.strip().lower() for n in (label, *split_label(label))}
-
-
 def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | None:
     """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a
     scientific or a common name); None without a file."""
     if not species_file:
         return None
-    try:
-        wanted = [ln.strip() for ln in Path(species_file).read_text(encoding="utf-8").splitlines()]
-    except OSError as exc:
-        raise UsageError(f"{species_file}: cannot read species list ({exc.strerror})") from None
-    wanted = {w.lower() for w in wanted if w and not w.startswith("#")}
-    mask = np.array([bool(_names(lab) & wanted) for lab in labels])
-    found = set().union(*(_names(lab) for lab, k in zip(labels, mask) if k)) if mask.any() else set()
+    wanted = {w.lower() for w in read_species_list(species_file)}
+    mask = np.array([bool(label_names(lab) & wanted) for lab in labels])
+    found = set().union(*(label_names(lab) for lab, k in zip(labels, mask) if k)) if mask.any() else set()
     missing = sorted(wanted - found)
     if not mask.any():
         raise UsageError(f"{species_file}: none of its species are among the classifier's labels")
@@ -204,10 +194,6 @@ def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | No
 
 
 # ------------------------------------------------------------------------------ files and batches
-
-
-def output_base(path: Path, root: Path, out: Path) -> Path:
-    return out / audio.relative_stem(path, root)
 
 
 def outputs_of(base: Path) -> dict[str, Path]:
@@ -266,151 +252,6 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     jobs = max(1, opts.jobs)
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
-    return run_batch(inputs, out, target_for=lambda f, root: output_base(f, root, out), is_done=is_done,
+    return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=is_done,
                      make_worker=_detector_worker, worker_args=(worker_opts,), jobs=jobs, threads=threads,
                      progress=opts.progress, verb="classifying", past="classified", work=detector.run)
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-MIN_OVERLAP = 0.5  # seconds an event must share with a window to count (or half the event if shorter)
-
-
-def _tables(item: str) -> list[Path]:
-    p = Path(item)
-    if p.is_file():
-        return [p]
-    if not p.is_dir():
-        raise UsageError(f"{item}: no such file or folder")
-    csvs = sorted(p.rglob("*.csv"))
-    if csvs:
-        return csvs
-    found = []
-    for f in sorted(p.rglob("*.txt")):
-        try:
-            with open(f, encoding="utf-8-sig") as fh:
-                if "Begin Time (s)" in fh.readline():
-                    found.append(f)
-        except (OSError, UnicodeDecodeError):
-            continue
-    if not found:
-        raise UsageError(f"{item}: no CSV or Raven selection tables in this folder")
-    return found
-
-
-def _collect(items: list[str]) -> dict[str, list[Detection]]:
-    """{file key: detections}; a table with no rows still names its file (a file with no events)."""
-    by_file: dict[str, list[Detection]] = {}
-    for item in items:
-        for t in _tables(item):
-            dets = read_table(t)
-            if not dets:
-                by_file.setdefault(file_key(t.name), [])
-            for d in dets:
-                by_file.setdefault(file_key(d.file), []).append(d)
-    return by_file
-
-
-def covers(s: float, e: float, w0: float, w1: float) -> bool:
-    return min(e, w1) - max(s, w0) >= min(MIN_OVERLAP, 0.5 * (e - s)) - 1e-9
-
-
-@dataclass
-class Evaluation:
-    rows: list[tuple[str, metrics.Scores]]
-    species: list[str]
-    window: float
-    files: int
-
-    def table(self) -> str:
-        head = f"{'predictions':<30} {'cmAP':>6} {'lwlrap':>7} {'d′':>6} {'top-1':>6}"
-        lines = [head, "-" * len(head)]
-        for name, s in self.rows:
-            lines.append(f"{name[-30:]:<30} {s.cmap:6.3f} {s.lwlrap:7.3f} {s.dprime:6.2f} {s.top1:6.3f}")
-        s = self.rows[0][1] if self.rows else None
-        if s:
-            lines.append(f"{self.files} file(s), {s.windows} windows of {self.window:g} s ({s.labelled_windows} with "
-                         f"birds), {s.species} species, {s.cmap_species} with ≥ {metrics.MIN_POSITIVES} positives")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"window_s": self.window, "files": self.files, "species": self.species,
-                "rows": [{"predictions": n, **s.to_dict()} for n, s in self.rows]}
-
-
-def _windows_of(d: Detection, first: int, count: int, window: float):
-    """Row indices of the windows (of one file, rows first … first+count−1) that event ``d`` covers."""
-    k0, k1 = max(0, int(d.start // window)), min(count, int(math.ceil(d.end / window)))
-    return [first + k for k in range(k0, k1) if covers(d.start, d.end, k * window, (k + 1) * window)]
-
-
-def truth_matrix(truth: dict[str, list[Detection]], preds: list[dict[str, list[Detection]]], species: list[str],
-                 window: float):
-    """Windows ({file key: (first row, count)}) over every truth file, and their (W, S) labels."""
-    index = {s.lower(): i for i, s in enumerate(species)}
-    wins, rows = {}, 0
-    for key in sorted(truth):
-        end = max([d.end for d in truth[key]] + [d.end for p in preds for d in p.get(key, [])] + [window])
-        count = max(1, math.ceil(end / window - 1e-6))
-        wins[key], rows = (rows, count), rows + count
-    y = np.zeros((rows, len(species)), np.int8)
-    for key, (first, count) in wins.items():
-        for d in truth[key]:
-            y[_windows_of(d, first, count, window), index[d.species.lower()]] = 1
-    return wins, y
-
-
-def score_matrix(pred: dict[str, list[Detection]], wins, species: list[str], window: float) -> np.ndarray:
-    """(W, S) window scores: the highest confidence of a prediction of the species covering the window."""
-    lookup: dict[str, int] = {}
-    for i, s in enumerate(species):
-        for n in _names(s):
-            lookup.setdefault(n, i)
-    rows = sum(c for _, c in wins.values())
-    s = np.zeros((rows, len(species)), np.float32)
-    for key, (first, count) in wins.items():
-        for d in pred.get(key, []):
-            j = lookup.get(d.species.lower())
-            if j is None:
-                j = next((lookup[n] for n in _names(d.species) if n in lookup), None)
-            if j is not None:
-                for w in _windows_of(d, first, count, window):
-                    s[w, j] = max(s[w, j], d.confidence)
-    return s
-
-
-def evaluate(preds: list[str], truth: list[str], window: float = 5.0, species_list: str | None = None,
-             min_positives: int = metrics.MIN_POSITIVES) -> Evaluation:
-    """Score one or more prediction sets (each a table or a folder of tables) against annotations."""
-    if window <= 0:
-        raise UsageError("--window must be positive")
-    truth_by = _collect(truth)
-    if not truth_by:
-        raise UsageError("no annotations found in --truth")
-    species = sorted({d.species for ds in truth_by.values() for d in ds}, key=str.lower)
-    if species_list:
-        try:
-            extra = [ln.strip() for ln in Path(species_list).read_text(encoding="utf-8").splitlines()]
-        except OSError as exc:
-            raise UsageError(f"{species_list}: cannot read species list ({exc.strerror})") from None
-        have = {s.lower() for s in species}
-        species += [e for e in extra if e and not e.startswith("#") and e.lower() not in have]
-    pred_sets = [_collect([p]) for p in preds]
-    unmatched = [p for p, ps in zip(preds, pred_sets) if not set(ps) & set(truth_by)]
-    if unmatched:
-        raise UsageError(f"{unmatched[0]}: no prediction names a file that the annotations cover")
-    wins, y = truth_matrix(truth_by, pred_sets, species, window)
-    rows = [(p, metrics.score_all(y, score_matrix(ps, wins, species, window), min_positives))
-            for p, ps in zip(preds, pred_sets)]
-    return Evaluation(rows, species, window, len(truth_by))
-
-
-def evaluate_command(preds: list[str], truth: list[str], window: float = 5.0, json_path: str | None = None,
-                     species_list: str | None = None) -> int:
-    import json
-
-    ev = evaluate(preds, truth, window, species_list)
-    print(ev.table())
-    if json_path:
-        audio.write_text_atomic(json_path, json.dumps(ev.to_dict(), indent=2) + "\n")
-    return 0

@@ -1,9 +1,47 @@
-"""Errors the CLI turns into one line on stderr and exit code 2 (never a traceback)."""
-from birdsep.audio import AudioError
+"""The errors a user can fix: each becomes one line (never a traceback).
+
+    InputError              something the user gave us cannot be used
+    ├── AudioError          an audio file: unreadable, empty, too short, NaN-filled …
+    └── UsageError          what was asked for: an option, a model or run folder, a table,
+                            a species list, a taxonomy CSV, a missing optional extra
+
+A command stops on an ``InputError`` with exit code 2; a batch reports an ``InputError``
+raised for one of its files as that file's line in ``errors.log`` and goes on. Anything else
+is an internal error (a bug): a batch logs its traceback. This module imports nothing heavy.
+"""
+from __future__ import annotations
+
+import os
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for (a missing model, a bad option, no usable data)."""
+class InputError(Exception):
+    """Something the user gave us cannot be used; ``str(err)`` is one line."""
 
 
-__all__ = ["AudioError", "UsageError"]
+class AudioError(InputError):
+    """An audio file that cannot be used; ``str(err)`` is ``<path>: <reason>``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UsageError(InputError):
+    """A problem with what the user asked for (a missing model, a bad option or file, no usable data)."""
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, reason: str) -> "UsageError":
+        """An error about a file the user named that is not audio: ``<path>: <reason>``."""
+        return cls(f"{path}: {reason}")
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Raise a one-line UsageError when ``module`` (from the optional ``extra``) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f'{what} needs the {extra} extra: pip install "birdsep[{extra}]"')
+
+
+__all__ = ["InputError", "AudioError", "UsageError", "require"]

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from birdsep.audio import AudioError, write_text_atomic
-from birdsep.backends import split_label
+from birdsep.errors import UsageError
+from birdsep.files import write_text
+from birdsep.taxonomy import split_label
 
 #: BirdNET-Analyzer's Raven header; birdsep appends one column, ``Source`` (the track kept).
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
@@ -62,15 +63,15 @@ def audacity_text(dets: list[Detection]) -> str:
 
 
 def write_raven(path: str | os.PathLike, dets: list[Detection]) -> None:
-    write_text_atomic(path, raven_text(dets))
+    write_text(path, raven_text(dets))
 
 
 def write_csv(path: str | os.PathLike, dets: list[Detection]) -> None:
-    write_text_atomic(path, csv_text(dets))
+    write_text(path, csv_text(dets))
 
 
 def write_audacity(path: str | os.PathLike, dets: list[Detection]) -> None:
-    write_text_atomic(path, audacity_text(dets))
+    write_text(path, audacity_text(dets))
 
 
 # ------------------------------------------------------------------------------ reading
@@ -103,13 +104,13 @@ def read_table(path: str | os.PathLike) -> list[Detection]:
     ``Species``/``Annotation``/``Common Name``…; BirdNET-style tables with both ``Species Code``
     and ``Common Name`` give ``Scientific_Common``). Without a confidence column every row
     counts 1; without a file column the table's own name gives the file. Raven's waveform view
-    duplicates (``View`` = ``Waveform 1``) are skipped. Raises AudioError naming the file.
+    duplicates (``View`` = ``Waveform 1``) are skipped. Raises UsageError naming the file.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise AudioError(path, f"cannot read table ({exc})") from None
+        raise UsageError.of(path, f"cannot read table ({exc})") from None
     first = text.splitlines()[0] if text.strip() else ""
     delim = "\t" if "\t" in first else ","
     rows = list(csv.reader(io.StringIO(text), delimiter=delim))
@@ -122,7 +123,7 @@ def read_table(path: str | os.PathLike) -> list[Detection]:
     i_code, i_common = _pick(header, ("species code",)), _pick(header, ("common name",))
     i_species = _pick(header, ("species", "label", "annotation", "class", "scientific name"))
     if i_start is None or i_end is None or (i_species is None and i_common is None and i_code is None):
-        raise AudioError(path, "not a detection table (needs start, end and species columns)")
+        raise UsageError.of(path, "not a detection table (needs start, end and species columns)")
     out = []
     for n, r in enumerate(body, 2):
         try:
@@ -139,5 +140,5 @@ def read_table(path: str | os.PathLike) -> list[Detection]:
                 species=species.strip(), confidence=float(r[i_conf]) if i_conf is not None else 1.0,
                 channel=r[i_src] if i_src is not None else "mix"))
         except (IndexError, ValueError) as exc:
-            raise AudioError(path, f"line {n}: cannot parse ({exc})") from None
+            raise UsageError.of(path, f"line {n}: cannot parse ({exc})") from None
     return out

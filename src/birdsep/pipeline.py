@@ -8,9 +8,9 @@ and last ``separation.json``, whose presence marks the input as finished.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -22,8 +22,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from birdsep import __version__, audio
-from birdsep.audio import AudioError
+from birdsep import __version__, audio, files
+from birdsep.errors import AudioError
 from birdsep.batch import BatchSummary, run_batch
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
 
@@ -119,10 +119,6 @@ class _Tee:
         return np.pad(x, (0, n - len(x)))
 
 
-def output_dir(path: Path, root: Path, out: Path) -> Path:
-    return out / audio.relative_stem(path, root)
-
-
 def is_done(folder: Path, opts: SeparateOptions) -> bool:
     result = folder / RESULT_NAME
     if not result.is_file():
@@ -152,19 +148,19 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
     keep_high_band = sr_out == sr_in and sr_in > sr_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # left by an interrupted earlier run
-        stale.unlink(missing_ok=True)
+    files.remove_stale_temps(folder)  # left by an interrupted earlier run
     names = [f"source_{k + 1}.wav" for k in range(m)] + (["high_band.wav"] if keep_high_band else [])
     expected = int(round(meta.frames * sr_out / sr_in))
     fmt = "RF64" if expected * 4 > WAV_LIMIT_BYTES else "WAV"
-    tmps = [audio.atomic_path(folder / n)[0] for n in names]
-    writers = [sf.SoundFile(str(t), "w", samplerate=sr_out, channels=1, subtype="FLOAT", format=fmt) for t in tmps]
     energy = np.zeros(m + 1)
     written = 0
     spec = None
     if opts.plot or opts.video:
         spec = SpectrogramAccumulator(sr_model, m + 1, int(meta.duration * sr_model) + 1)
-    try:
+    with contextlib.ExitStack() as stack:  # all tracks appear under their names together, or none
+        tmps = [stack.enter_context(files.atomic(folder / n)) for n in names]
+        writers = [stack.enter_context(sf.SoundFile(str(t), "w", samplerate=sr_out, channels=1, subtype="FLOAT",
+                                                    format=fmt)) for t in tmps]
         native = _Tee(audio.blocks(path, block_seconds=10.0))
         model_rate = _resampled(iter(native), sr_in, sr_model)
 
@@ -194,16 +190,6 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
                 w.write(pad)
             if keep_high_band:  # the sources are silent there: the input is all high band
                 writers[m].write(native.take(len(pad)))
-    except BaseException:
-        for w in writers:
-            w.close()
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        raise
-    for w in writers:
-        w.close()
-    for t, n in zip(tmps, names):
-        os.replace(t, folder / n)
 
     total = energy[:m].sum() + energy[m] if keep_high_band else energy[:m].sum()
     result = {
@@ -231,7 +217,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
             except VideoError as exc:
                 raise AudioError(path, str(exc)) from None
     result["elapsed_s"] = round(time.time() - started, 3)
-    audio.write_text_atomic(folder / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    files.write_json(folder / RESULT_NAME, result)
     return result
 
 
@@ -259,7 +245,7 @@ def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
 
     out = Path(opts.out)
     model_folder = str(resolve(opts.model))  # a missing model fails here, before any file
-    return run_batch(inputs, out, target_for=lambda f, root: output_dir(f, root, out),
+    return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out),
                      is_done=lambda folder: is_done(folder, opts), make_worker=_separator_worker,
                      worker_args=(model_folder, opts), jobs=opts.jobs, threads=opts.threads,
                      progress=opts.progress, verb="separating", past="separated")

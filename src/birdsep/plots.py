@@ -7,14 +7,13 @@ pooled in time so that an hour-long file still makes a picture of bounded size.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from birdsep.audio import atomic_path
+from birdsep import files
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324"]
@@ -110,10 +109,9 @@ def plot_separation(mixture: np.ndarray, sources: np.ndarray, times: np.ndarray,
     ax.set_ylabel("frequency (kHz)")
     ax.set_title(title)
     fig.tight_layout()
-    tmp, final = atomic_path(Path(path))
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, final)
+        with files.atomic(path) as tmp:
+            fig.savefig(tmp, format="png")
         fig.canvas.draw()
         bbox = ax.get_window_extent()
         height = fig.canvas.get_width_height()[1]
@@ -121,7 +119,6 @@ def plot_separation(mixture: np.ndarray, sources: np.ndarray, times: np.ndarray,
                 "t0": extent[0], "t1": extent[1]}
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return area
 
 
@@ -140,17 +137,11 @@ def make_video(picture: Path, audio_path: Path, duration: float, area: dict, pat
     graph = (f"color=c=black@0.8:s=3x{max(2, y1 - y0)}[bar];"
              f"[0:v][bar]overlay=x='{x0:.2f}+({speed:.6f})*(t-{t0:.4f})':y={y0}:shortest=1,"
              "scale=trunc(iw/2)*2:trunc(ih/2)*2,format=yuv420p[v]")
-    tmp, final = atomic_path(path)
-    tmp_mp4 = tmp.with_suffix(".mp4")
-    cmd = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-loop", "1", "-framerate", "10", "-i", str(picture),
-           "-i", str(audio_path), "-filter_complex", graph, "-map", "[v]", "-map", "1:a", "-c:v", "libx264",
-           "-preset", "veryfast", "-tune", "stillimage", "-c:a", "aac", "-b:a", "128k", "-t", f"{duration:.3f}",
-           "-shortest", str(tmp_mp4)]
-    try:
+    with files.atomic(path) as tmp:
+        cmd = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-loop", "1", "-framerate", "10", "-i", str(picture),
+               "-i", str(audio_path), "-filter_complex", graph, "-map", "[v]", "-map", "1:a", "-c:v", "libx264",
+               "-preset", "veryfast", "-tune", "stillimage", "-c:a", "aac", "-b:a", "128k", "-t", f"{duration:.3f}",
+               "-shortest", "-f", "mp4", str(tmp)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise VideoError("ffmpeg failed: " + (res.stderr.strip().splitlines() or ["unknown error"])[-1])
-        os.replace(tmp_mp4, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_mp4.unlink(missing_ok=True)

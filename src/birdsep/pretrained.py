@@ -1,35 +1,50 @@
-"""Where models live: the shipped default, or a folder/run directory the user names."""
+"""Where models live: the shipped default, or a folder/run directory the user names; and the
+bundled example recording (also the probe ``--precision auto`` measures on)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from birdsep.separation.model import CONFIG_NAME, WEIGHTS_NAME, Separator, load_separator
+from birdsep.errors import UsageError
+from birdsep.files import CONFIG_NAME, WEIGHTS_NAME, has_weights
 
 #: The separator shipped inside the package (trained with ``birdsep train-separator``; see README).
 DEFAULT_SEPARATOR = Path(__file__).parent / "models" / "separator_small_m4"
 #: A bundled recording (Jura forest at dawn, BSD-3; licence beside it).
 EXAMPLE_RECORDING = Path(__file__).parent / "examples" / "jura_forest_dawn.flac"
+PROBE_START = 2.0  # s into the example (10 s long; several birds singing)
 
 
 def resolve(path: str | Path | None) -> Path:
     """A model folder: ``None`` → the shipped default; a run directory or model folder as given."""
-    from birdsep.errors import UsageError
-
     folder = DEFAULT_SEPARATOR if path is None else Path(path)
     if folder.is_file() and folder.name in (WEIGHTS_NAME, CONFIG_NAME):
         folder = folder.parent
-    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+    if not has_weights(folder):
         raise UsageError(f"{folder}: no model here (expected {WEIGHTS_NAME} and {CONFIG_NAME}; "
                          "a run directory has them after its first checkpoint)")
     return folder
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> Separator:
+def load_model(path: str | Path | None = None, device: str = "cpu"):
     """Load a separator (``None`` → the shipped default) in eval mode."""
-    from birdsep.errors import UsageError
+    from birdsep.separation.model import load_separator
 
     folder = resolve(path)
     try:
         return load_separator(folder, device)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise UsageError(f"{folder}: cannot load model ({str(exc).splitlines()[0]})") from None
+
+
+def probe_audio(sample_rate: int, seconds: float = 2.0):
+    """(T,) float32: ``seconds`` of real birdsong at ``sample_rate`` from the bundled example
+    (seeded noise if it is missing), for measuring a model's speed and accuracy."""
+    import numpy as np
+
+    from birdsep import audio
+
+    try:
+        x, _ = audio.load(EXAMPLE_RECORDING, sample_rate, start=PROBE_START, duration=seconds)
+    except Exception:  # noqa: BLE001 - a missing or unreadable example: a fixed signal instead
+        x = np.random.default_rng(0).standard_normal(int(seconds * sample_rate)).astype(np.float32)
+    return x

@@ -67,6 +67,33 @@ def normalise(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def split_label(label: str) -> tuple[str, str]:
+    """``"Turdus merula_Eurasian Blackbird"`` (BirdNET's labels) → (scientific, common); a plain
+    name → (name, name)."""
+    sci, sep, common = label.partition("_")
+    return (sci, common) if sep and common else (label, label)
+
+
+def label_names(label: str) -> set[str]:
+    """The lower-case names a label answers to: itself, its scientific and its common name."""
+    return {n.strip().lower() for n in (label, *split_label(label))}
+
+
+def read_species_list(path: str | os.PathLike) -> list[str]:
+    """A species list: one name per line (a full label, a scientific or a common name); blank
+    lines and ``#`` comments ignored, repeats dropped. Raises UsageError naming the file."""
+    from birdsep.errors import UsageError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError.of(path, f"cannot read species list ({getattr(exc, 'strerror', None) or exc})") from None
+    species = list(dict.fromkeys(s for s in (line.split("#")[0].strip() for line in lines) if s))
+    if not species:
+        raise UsageError.of(path, "species list is empty")
+    return species
+
+
 def _birdnames_data() -> Path | None:
     """The folder of birdnames' checklist CSVs, found without importing birdnames (pandas)."""
     spec = importlib.util.find_spec("birdnames")
@@ -128,15 +155,15 @@ class Taxonomy:
 
     def add_csv(self, path: str | os.PathLike) -> None:
         """Add (or override) species from a CSV with columns species,genus,family,order."""
-        from birdsep.audio import AudioError  # one-line user error, same as bad audio
+        from birdsep.errors import UsageError
 
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         except OSError as exc:
-            raise AudioError(path, f"cannot read taxonomy CSV ({exc.strerror})") from None
+            raise UsageError.of(path, f"cannot read taxonomy CSV ({exc.strerror})") from None
         if not rows or "species" not in rows[0]:
-            raise AudioError(path, "taxonomy CSV needs a header with species,genus,family,order")
+            raise UsageError.of(path, "taxonomy CSV needs a header with species,genus,family,order")
         for row in rows:
             species = (row.get("species") or "").strip()
             if not species:

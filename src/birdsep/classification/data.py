@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from birdsep import files
 from birdsep.activity import MAX_WINDOWS, WINDOW_SECONDS, detect_activity
-from birdsep.audio import AUDIO_EXTENSIONS, AudioError, atomic_path, find_audio, load
+from birdsep.audio import load
 from birdsep.classification import augment as aug
 from birdsep.classification.model import HEADS, ClassifierConfig
+from birdsep.errors import AudioError, UsageError
+from birdsep.files import AUDIO_EXTENSIONS, find_audio
 from birdsep.taxonomy import LEVELS, Taxonomy
 
 log = logging.getLogger(__name__)
@@ -43,12 +46,12 @@ def read_labelled(data: str | os.PathLike) -> list[Recording]:
     if data.is_file() and data.suffix.lower() == ".csv":
         return _read_csv(data)
     if not data.is_dir():
-        raise AudioError(data, "training data must be a folder of species folders or a labels CSV")
+        raise UsageError.of(data, "training data must be a folder of species folders or a labels CSV")
     recs = []
     for sub in sorted(p for p in data.iterdir() if p.is_dir()):  # symlinked folders count too
         recs.extend(Recording(f, sub.name) for f, _ in find_audio([sub]))
     if not recs:
-        raise AudioError(data, "no audio files inside species folders")
+        raise UsageError.of(data, "no audio files inside species folders")
     return recs
 
 
@@ -56,13 +59,13 @@ def _read_csv(path: Path) -> list[Recording]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
-        raise AudioError(path, "labels CSV is empty")
+        raise UsageError.of(path, "labels CSV is empty")
     cols = {c.lower().strip(): c for c in rows[0]}
     fcol = cols.get("file") or cols.get("path")
     pcol = cols.get("primary") or cols.get("species") or cols.get("label")
     bcol = cols.get("background")
     if not fcol or not pcol:
-        raise AudioError(path, "labels CSV needs columns 'file' and 'primary' (optional 'background')")
+        raise UsageError.of(path, "labels CSV needs columns 'file' and 'primary' (optional 'background')")
     recs = []
     for row in rows:
         f = Path(row[fcol].strip())
@@ -73,19 +76,6 @@ def _read_csv(path: Path) -> list[Recording]:
             continue
         recs.append(Recording(f, row[pcol].strip(), bg))
     return recs
-
-
-def read_species_list(path: str | os.PathLike) -> list[str]:
-    """One species label per line; blank lines and ``#`` comments ignored."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise AudioError(path, f"cannot read species list ({exc.strerror})") from None
-    species = [s.split("#")[0].strip() for s in lines]
-    species = list(dict.fromkeys(s for s in species if s))
-    if not species:
-        raise AudioError(path, "species list is empty")
-    return species
 
 
 # ---------------------------------------------------------------------------- labels
@@ -178,13 +168,8 @@ def _cached(cache_dir: Path, key: str, make) -> np.ndarray:
         except (OSError, ValueError):
             f.unlink(missing_ok=True)  # a damaged cache file is rebuilt
     arr = make().astype(np.float16)
-    tmp, final = atomic_path(f)
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.atomic(f) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr)
     return arr
 
 

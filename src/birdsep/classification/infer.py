@@ -51,7 +51,9 @@ def classify_clips(model_dir: str | os.PathLike, inputs: list[str | os.PathLike]
     window; with ``top`` = K instead ``file,start_s,end_s,rank,species,probability`` for the
     K most probable species. A file that cannot be read gets one line on ``err``.
     """
-    from birdsep.audio import AudioError, find_audio, load
+    from birdsep.audio import load
+    from birdsep.errors import AudioError, InputError
+    from birdsep.files import find_audio
 
     out, err = out or sys.stdout, err or sys.stderr
     if threads:
@@ -63,7 +65,7 @@ def classify_clips(model_dir: str | os.PathLike, inputs: list[str | os.PathLike]
     for item in inputs:
         try:
             files.extend(f for f, _ in find_audio([item]))
-        except AudioError as exc:
+        except InputError as exc:
             print(f"birdsep classify-clips: error: {exc}", file=err)
             failed += 1
     if top:

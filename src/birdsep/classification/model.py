@@ -5,7 +5,6 @@ The config is one frozen dataclass saved as JSON beside safetensors weights; loa
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from birdsep import files
 from birdsep.classification.frontend import Frontend, FrontendConfig
-
-FORMAT_VERSION = 1
+from birdsep.errors import UsageError
 BACKBONES = {"b0": "efficientnet_b0", "b1": "efficientnet_b1", "b2": "efficientnet_b2"}
 HEADS = ("species", "genus", "family", "order", "bird")
 
@@ -49,16 +48,6 @@ class ClassifierConfig:
     def head_sizes(self) -> dict[str, int]:
         return {"species": len(self.species), "genus": len(self.genus), "family": len(self.family),
                 "order": len(self.order), "bird": 1}
-
-    def to_json(self) -> str:
-        return json.dumps({"format_version": FORMAT_VERSION, "config": self.to_dict()}, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ClassifierConfig":
-        blob = json.loads(text)
-        if blob.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported classifier format_version {blob.get('format_version')!r}")
-        return cls(**blob["config"])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,43 +114,27 @@ class Ensemble(nn.Module):
 
 # ---------------------------------------------------------------------------- files
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+KIND = "classifier"
 
 
 def save(model: Ensemble, folder: str | os.PathLike) -> None:
-    """Write ``config.json`` + ``model.safetensors`` atomically into ``folder``."""
-    from safetensors.torch import save_file
-
-    from birdsep.audio import atomic_path, write_text_atomic
-
-    folder = Path(folder)
-    tmp, final = atomic_path(folder / WEIGHTS_NAME)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "birdsep-classifier"})
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_text_atomic(folder / CONFIG_NAME, model.cfg.to_json())
+    """Write ``config.json`` ({format_version, kind, config}) + ``model.safetensors`` atomically."""
+    files.save_weights(folder, KIND, model.cfg.to_dict(), model.state_dict())
 
 
 def load(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Ensemble:
     """Rebuild a classifier saved by :func:`save` (strict: every weight must match)."""
-    from safetensors.torch import load_file
-
-    from birdsep.audio import AudioError
-
     folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise AudioError(folder, f"not a classifier run directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if not files.has_weights(folder):
+        raise UsageError.of(folder, f"not a classifier run directory (needs {files.CONFIG_NAME} and "
+                                    f"{files.WEIGHTS_NAME})")
+    config, state = files.load_weights(folder, KIND, device)
     try:
-        cfg = ClassifierConfig.from_json(cfg_path.read_text())
-    except (ValueError, TypeError, KeyError) as exc:
-        raise AudioError(cfg_path, f"invalid classifier config ({exc})") from None
+        cfg = ClassifierConfig(**config)
+    except (ValueError, TypeError) as exc:
+        raise UsageError.of(folder / files.CONFIG_NAME, f"invalid classifier config ({exc})") from None
     model = Ensemble(cfg)
-    model.load_state_dict(load_file(str(w_path), device=str(device)), strict=True)
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 

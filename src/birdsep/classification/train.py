@@ -18,20 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from birdsep.audio import AudioError
-from birdsep.errors import UsageError
+from birdsep import files
 from birdsep.classification import augment as aug
 from birdsep.classification import model as M
-from birdsep.classification.data import (LabelSpace, WindowDataset, activity_windows, noise_clips, read_labelled,
-                                         read_species_list)
-from birdsep.taxonomy import Taxonomy
+from birdsep.classification.data import LabelSpace, WindowDataset, activity_windows, noise_clips, read_labelled
+from birdsep.errors import AudioError, UsageError
+from birdsep.taxonomy import Taxonomy, read_species_list
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +121,10 @@ def prepare(data: str, opts: TrainOptions, cfg: M.ClassifierConfig | None = None
         windows.append(w)
         labels.append(space.encode(r))
     if not windows:
-        raise AudioError(data, "no usable training recordings")
+        raise UsageError.of(data, "no usable training recordings")
     noise = noise_clips(list(opts.noise), cfg.sample_rate, cache / "noise") if opts.noise else []
     if opts.noise and not noise:
-        raise AudioError(opts.noise[0], "no usable noise recordings")
+        raise UsageError.of(opts.noise[0], "no usable noise recordings")
     return cfg, windows, labels, noise, failed
 
 
@@ -157,17 +155,14 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
         if not opts.resume:
             raise UsageError(f"{out} already holds a training run; add --resume to continue it or choose another --out")
         blob = json.loads(run_file.read_text())
-        cfg = M.ClassifierConfig.from_json(json.dumps({"format_version": blob["format_version"],
-                                                       "config": blob["classifier"]}))
+        cfg = M.ClassifierConfig(**blob["classifier"])
         if cfg.members != opts.ensemble or cfg.backbone != opts.backbone:
             raise UsageError(f"{out} was started with --ensemble {cfg.members} --backbone {cfg.backbone}")
     cfg, windows, labels, noise, failed = prepare(data, opts, cfg)
     if not run_file.is_file():
-        from birdsep.audio import write_text_atomic
-
-        blob = {"format_version": M.FORMAT_VERSION, "classifier": cfg.to_dict(),
+        blob = {"format_version": files.FORMAT_VERSION, "classifier": cfg.to_dict(),
                 "options": {**asdict(opts), "augment": asdict(augment)}, "data": str(data)}
-        write_text_atomic(run_file, json.dumps(blob, indent=1, default=str))
+        files.write_json(run_file, blob, indent=1)
     if opts.noise == () and (augment.noise or augment.noise_only):
         log.warning("no --noise folders given: the noise augmentations are off")
     n_windows = sum(len(w) for w in windows)
@@ -219,14 +214,12 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
             print(f"birdsep train-classifier: member {k} stopped at step {trainer.global_step}; "
                   f"continue with --resume", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
-        _save_member(module.model, final)
+        files.save_state(final, module.model.state_dict())
     ensemble = M.Ensemble(cfg)
-    from safetensors.torch import load_file
-
     for k, member in enumerate(ensemble.members):
-        member.load_state_dict(load_file(str(members_dir / str(k) / "member.safetensors")), strict=True)
+        member.load_state_dict(files.load_state(members_dir / str(k) / "member.safetensors"), strict=True)
     M.save(ensemble, out)
-    print(f"birdsep train-classifier: wrote {out / M.WEIGHTS_NAME} and {out / M.CONFIG_NAME}"
+    print(f"birdsep train-classifier: wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"
           + (f" ({failed} recording(s) skipped)" if failed else ""), flush=True)
     return out
 
@@ -252,16 +245,3 @@ def _progress_bar():
             return metrics
 
     return Bar(refresh_rate=1)
-
-
-def _save_member(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from birdsep.audio import atomic_path
-
-    tmp, final = atomic_path(path)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -20,7 +20,8 @@ import soundfile as sf
 import torch
 
 from birdsep import audio
-from birdsep.audio import AudioError
+from birdsep.errors import AudioError
+from birdsep.files import find_audio, write_text
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def scan(path: str | os.PathLike) -> Recording:
 def collect(inputs: list[str], exclude: tuple[str, ...] = ()) -> list[Path]:
     """Audio files under ``inputs``, minus those matching any ``exclude`` glob (path or name)."""
     files = []
-    for f, _root in audio.find_audio(inputs):
+    for f, _root in find_audio(inputs):
         if any(fnmatch.fnmatch(str(f), pat) or fnmatch.fnmatch(f.name, pat) for pat in exclude):
             continue
         files.append(f)
@@ -115,7 +116,7 @@ class RecordingIndex:
             else:
                 recordings.append(Recording(**entry))
         if cache is not None:
-            audio.write_text_atomic(cache, json.dumps(fresh))
+            write_text(cache, json.dumps(fresh))
         return cls(recordings, skipped)
 
     @property

@@ -421,13 +421,13 @@ def _read_choices() -> dict:
 
 
 def _store_choice(key: str, choice: dict) -> None:
-    from birdsep.audio import write_text_atomic
+    from birdsep.files import write_text
 
     try:
         path = choices_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_choices()
         data[key] = choice
-        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+        write_text(path, json.dumps(data, indent=1) + "\n")
     except OSError:  # a read-only home: measure again next time
         pass

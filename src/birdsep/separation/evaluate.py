@@ -1,7 +1,6 @@
 """MoMi evaluation (the paper's Table 1 metric) on a fixed, seeded set of held-out MoMs."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from birdsep.audio import write_text_atomic
+from birdsep import files
 from birdsep.separation.data import RecordingIndex, WindowSampler, fixed_moms
 from birdsep.separation.mixit import active_sources, momi
 
@@ -76,5 +75,5 @@ def evaluate_separator(data: list[str], model=None, mixtures: int = 100, clip_se
         active_sources_mean=float(np.mean(active)), num_sources=sep.config.num_sources, skipped=index.skipped,
     )
     if json_path:
-        write_text_atomic(json_path, json.dumps(asdict(report), indent=2) + "\n")
+        files.write_json(json_path, asdict(report))
     return report

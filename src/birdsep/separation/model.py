@@ -16,7 +16,6 @@ Shapes use fixed letters: B batch, M sources, T samples, F frames, C channels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+from birdsep import files
+
+KIND = "separator"
 
 
 @dataclass(frozen=True)
@@ -327,32 +326,12 @@ def count_parameters(model: nn.Module) -> int:
 
 def save_model(model: Separator, folder: str | Path) -> Path:
     """Write ``model.safetensors`` + ``config.json`` ({format_version, kind, config}) atomically."""
-    from safetensors.torch import save_file
-
-    from birdsep.audio import atomic_path, write_text_atomic
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp, final = atomic_path(folder / WEIGHTS_NAME)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "kind": "separator", "config": model.config.to_dict()}
-    write_text_atomic(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
-    return folder
+    return files.save_weights(folder, KIND, model.config.to_dict(), model.state_dict())
 
 
 def load_separator(folder: str | Path, device: str | torch.device = "cpu") -> Separator:
     """Load a folder written by :func:`save_model` (strict: every weight must match)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / CONFIG_NAME).read_text())
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("kind", "separator") != "separator":
-        raise ValueError(f"{folder}: not a birdsep separator (format {meta.get('format_version')})")
-    model = Separator(SeparatorConfig.from_dict(meta["config"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    config, state = files.load_weights(folder, KIND)
+    model = Separator(SeparatorConfig.from_dict(config))
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from birdsep.audio import write_text_atomic
+from birdsep import files
 from birdsep.checkpointing import AtomicCheckpointIO, quiet_lightning
 from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler
 from birdsep.separation.mixit import DEFAULT_SNR_MAX, mixit_loss, sparsity_loss
@@ -144,9 +144,9 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
         raise UsageError("no usable audio in " + " ".join(data))
     print(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
           f"model {opts.preset} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
-    write_text_atomic(options_file, json.dumps({
+    files.write_json(options_file, {
         "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": list(data), "resumes": resumes,
-    }, indent=2))
+    })
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
     loader = torch.utils.data.DataLoader(

@@ -1,0 +1,170 @@
+"""Files: every write atomic, inputs found, outputs named, model weights stored.
+
+* **Atomic writes.** :func:`atomic` yields a temporary path beside the final one and renames
+  it into place only when the block succeeds, so a ``kill -9`` never leaves a finished-looking
+  half file; every writer in birdsep (audio, tables, JSON, pictures, checkpoints, weights)
+  goes through it.
+* **Inputs.** :func:`find_audio` expands files and folders into ``(file, root)`` pairs;
+  :func:`output_path` names a file's outputs under OUT, mirroring the input tree.
+* **Weights.** :func:`save_weights` / :func:`load_weights`: ``model.safetensors`` beside
+  ``config.json`` = ``{"format_version": 1, "kind": ..., "config": {...}}`` for every model
+  kind (separator, classifier). Folders written before ``kind`` was stored (classifier runs)
+  still load. Never a pickle.
+
+Imports nothing heavy (safetensors only when weights are read or written).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from birdsep.errors import UsageError
+
+#: Extensions collected when a folder is given (libsndfile's formats, MP3 included).
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64"}
+)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def temp_beside(final: str | os.PathLike) -> Path:
+    """A new empty temporary file beside ``final`` (same folder, so ``os.replace`` is atomic),
+    named ``.<name>.<random>.tmp`` and with the mode a normal file would get."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished outputs get the usual mode
+    return Path(tmp)
+
+
+@contextmanager
+def atomic(final: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic(path) as tmp: write tmp`` → ``path`` appears complete, or not at all."""
+    tmp = temp_beside(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, blob, indent: int = 2) -> None:
+    write_text(path, json.dumps(blob, indent=indent, default=str) + "\n")
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files an interrupted earlier run left in ``folder``."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+
+def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """Expand files and folders (recursively) into ``(file, root)`` pairs, sorted.
+
+    ``root`` is the folder the user named (or the file's parent), so that outputs can mirror
+    the input tree. A missing path raises :class:`UsageError`.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += [(f, p) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file():
+            found.append((p, p.parent))
+        else:
+            raise UsageError.of(p, "no such file or folder")
+    return found
+
+
+def relative_stem(path: Path, root: Path) -> str:
+    """``root/a/b.wav`` → ``a/b``: the name outputs for ``path`` are stored under."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+    return str(rel.with_suffix(""))
+
+
+def output_path(path: Path, root: Path, out: Path) -> Path:
+    """Where the outputs of input ``path`` (found under ``root``) go in ``out``: ``out/a/b``."""
+    return out / relative_stem(path, root)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def save_state(path: str | os.PathLike, state: dict, metadata: dict[str, str] | None = None) -> None:
+    """A state dict as safetensors (CPU, contiguous), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def save_weights(folder: str | os.PathLike, kind: str, config: dict, state: dict) -> Path:
+    """``folder/model.safetensors`` + ``folder/config.json`` ({format_version, kind, config})."""
+    folder = Path(folder)
+    save_state(folder / WEIGHTS_NAME, state, {"format_version": str(FORMAT_VERSION), "kind": kind})
+    write_json(folder / CONFIG_NAME, {"format_version": FORMAT_VERSION, "kind": kind, "config": config})
+    return folder
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
+
+
+def read_config(folder: str | os.PathLike, kind: str) -> dict:
+    """The ``config`` of a folder written by :func:`save_weights` for a model of ``kind``.
+
+    Raises :class:`UsageError` naming the folder when it holds no such model. A header
+    without ``kind`` (written before it was stored) is accepted for any kind.
+    """
+    folder = Path(folder)
+    if not has_weights(folder):
+        raise UsageError.of(folder, f"no {kind} here (expected {WEIGHTS_NAME} and {CONFIG_NAME})")
+    try:
+        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError.of(folder / CONFIG_NAME, f"unreadable model config ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "config" not in meta:
+        raise UsageError.of(folder, f"unsupported model format {meta.get('format_version') if isinstance(meta, dict) else meta!r}")
+    if meta.get("kind", kind) != kind:
+        raise UsageError.of(folder, f"holds a {meta['kind']}, not a {kind}")
+    return meta["config"]
+
+
+def load_weights(folder: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict, dict]:
+    """(config, state dict) of a folder written by :func:`save_weights`."""
+    from safetensors.torch import load_file
+
+    config = read_config(folder, kind)
+    return config, load_file(str(Path(folder) / WEIGHTS_NAME), device=str(device))
+
+
+def load_state(path: str | os.PathLike, device: str = "cpu") -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
