@@ -9,7 +9,7 @@ Candidates are timed in interleaved rounds (best of the rounds each), so a slow 
 shared machine hits all of them alike. Achieved GFLOP/s (counted by torch's FlopCounterMode on
 the module forward: the engine does the same arithmetic) is compared with the matrix-multiply
 peak of the same precision, measured in the same run. All candidates run in one process under
-the same allocator setting (birdsep's engine.tune_allocator, applied first).
+the same allocator setting (birdsep's runtime.tune_allocator, applied first).
 
     bash benchmarks/setup.sh && .venv/bin/python benchmarks/inference_speed.py
 """
@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from birdsep import audio
 from birdsep.pretrained import EXAMPLE_RECORDING, load_model
-from birdsep.separation.engine import Engine, tune_allocator
+from birdsep.separation.engine import Engine
+from birdsep.separation.runtime import tune_allocator
 from birdsep.separation.mixit import si_snr
 from birdsep.separation.model import Separator, count_parameters, preset
 

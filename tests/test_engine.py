@@ -9,6 +9,7 @@ import torch
 from birdsep import audio
 from birdsep.pretrained import EXAMPLE_RECORDING, load_model
 from birdsep.separation import engine as E
+from birdsep.separation import runtime as R
 from birdsep.separation.apply import BlockSettings, separate_array
 from birdsep.separation.mixit import si_snr
 from birdsep.separation.model import Separator, SeparatorConfig
@@ -118,10 +119,10 @@ def test_bf16_engine_within_40_db_on_real_audio():
 
 def test_default_separation_within_40_db_of_fp32_reference(data_dir):
     """What `birdsep separate` runs by default (precision auto) against the fp32 reference."""
-    from birdsep.pipeline import pick_precision
+    from birdsep.pretrained import probe_audio
 
     model = load_model(None)
-    auto = BlockSettings(precision=pick_precision("auto", "cpu", model))
+    auto = BlockSettings(precision=R.resolve("cpu", "auto", model, probe_audio(22050)).precision)
     reference = _Reference(model)
     for x in real_audio(data_dir):
         got = separate_array(model, x[0].numpy(), 22050, auto)
@@ -130,21 +131,27 @@ def test_default_separation_within_40_db_of_fp32_reference(data_dir):
         assert np.abs(got.sum(0) - x[0].numpy()).max() < 1e-4  # still sums to the input
 
 
+def probe():
+    from birdsep.pretrained import probe_audio
+
+    return probe_audio(22050)
+
+
 def test_auto_precision_is_measured(monkeypatch):
     model = load_model(None)
-    E.forget(model)
-    choice = E.choose_precision(model)
+    R.forget(model)
+    choice = R.choose_precision(model, "cpu", probe())
     assert choice["precision"] in ("fp32", "bf16")
     if choice["precision"] == "bf16":
-        assert choice["si_snr_db"] >= E.MIN_SI_SNR_DB and choice["speedup"] >= E.MIN_SPEEDUP
-    E.forget(model)
-    monkeypatch.setattr(E, "MIN_SI_SNR_DB", 500.0)  # nothing is that accurate: fp32
-    assert E.choose_precision(model)["precision"] == "fp32"
-    E.forget(model)
-    monkeypatch.setattr(E, "MIN_SI_SNR_DB", 0.0)
-    monkeypatch.setattr(E, "MIN_SPEEDUP", 1000.0)  # nothing is that much faster: fp32
-    assert E.choose_precision(model)["precision"] == "fp32"
-    E.forget(model)
+        assert choice["si_snr_db"] >= R.MIN_SI_SNR_DB and choice["speedup"] >= R.MIN_SPEEDUP
+    R.forget(model)
+    monkeypatch.setattr(R, "MIN_SI_SNR_DB", 500.0)  # nothing is that accurate: fp32
+    assert R.choose_precision(model, "cpu", probe())["precision"] == "fp32"
+    R.forget(model)
+    monkeypatch.setattr(R, "MIN_SI_SNR_DB", 0.0)
+    monkeypatch.setattr(R, "MIN_SPEEDUP", 1000.0)  # nothing is that much faster: fp32
+    assert R.choose_precision(model, "cpu", probe())["precision"] == "fp32"
+    R.forget(model)
 
 
 def test_engines_are_cached_per_model_and_precision():
@@ -158,18 +165,50 @@ def test_engines_are_cached_per_model_and_precision():
 def test_auto_precision_remembered_on_disk(monkeypatch, tmp_path):
     monkeypatch.setenv("BIRDSEP_CACHE", str(tmp_path))
     model = load_model(None)
-    E.forget(model)
-    first = E.choose_precision(model)
-    assert E.choices_file().is_file()
-    E.forget(model)
+    R.forget(model)
+    calm = {"precision": "bf16", "si_snr_db": 68.0, "speedup": 1.6, "rounds": 1, "confident": True, "reason": "calm"}
+    monkeypatch.setattr(R, "_measure", lambda *args: calm)
+    first = R.choose_precision(model, "cpu", probe())
+    assert R.choices_file().is_file() and first == calm
+    R.forget(model)
 
     def no_measuring(*args):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(E, "_measure", no_measuring)
-    assert E.choose_precision(model) == first  # read back, not re-measured
-    E.forget(model)
+    monkeypatch.setattr(R, "_measure", no_measuring)
+    again = R.choose_precision(model, "cpu", probe())  # read back, not re-measured, and says so
+    assert again["precision"] == "bf16" and again["reason"].startswith("calm (remembered from")
+    R.forget(model)
     other = randomised(TINY)  # other weights: another key, so it is measured
     with pytest.raises(AssertionError, match="measured again"):
-        E.choose_precision(other)
-    E.forget(model)
+        R.choose_precision(other, "cpu", probe())
+    R.forget(model)
+
+
+def test_auto_precision_in_doubt_is_not_remembered(monkeypatch, tmp_path):
+    """A measurement in doubt (busy machine, or a speed-up near the threshold) is repeated and,
+    if still in doubt, measured afresh by the next process instead of pinned on disk."""
+    monkeypatch.setenv("BIRDSEP_CACHE", str(tmp_path))
+    model = load_model(None)
+    R.forget(model)
+    ticks = iter(range(10**6))
+    fast = {"fp32": 1.0, "bf16": 1.0 / R.MIN_SPEEDUP}  # exactly at the threshold: in doubt
+
+    class Timed:
+        def __init__(self, precision):
+            self.precision = precision
+
+        def __call__(self, x):  # (1, T) → (1, 4, T): the same sources in both precisions
+            return x.reshape(1, 1, -1).repeat(1, 4, 1)
+
+    monkeypatch.setattr(E, "engine_for", lambda m, p, d="cpu": Timed(p))
+    monkeypatch.setattr(R, "_time", lambda engine, x: fast[engine.precision] * (1 + 1e-9 * next(ticks)))
+    choice = R.choose_precision(model, "cpu", probe())
+    assert choice["rounds"] == R.ROUNDS and not choice["confident"] and "in doubt" in choice["reason"]
+    assert not R.choices_file().exists()
+    R.forget(model)
+    fast["bf16"] = 1.0 / 1.6  # a clear speed-up: one round, remembered
+    choice = R.choose_precision(model, "cpu", probe())
+    assert choice == {**choice, "precision": "bf16", "rounds": 1, "confident": True}
+    assert R.choices_file().is_file()
+    R.forget(model)

@@ -15,7 +15,7 @@ import torch
 import birdsep
 from birdsep import audio
 from birdsep.cli import main
-from birdsep.pretrained import DEFAULT_SEPARATOR
+from birdsep.pretrained import DEFAULT_SEPARATOR, EXAMPLE_RECORDING
 
 pytestmark = pytest.mark.slow
 
@@ -217,7 +217,22 @@ def test_precision_choices_recorded(data_dir, tmp_path):
         assert main(["separate", str(short), "-o", str(out), "-q", "--precision", precision]) == 0
         meta = json.loads((out / "clip" / "separation.json").read_text())
         assert meta["settings"]["precision"] in (("fp32", "bf16") if precision == "auto" else (precision,))
+        assert meta["runtime"]["precision"] == meta["settings"]["precision"] and meta["runtime"]["device"] == "cpu"
+        assert meta["runtime"]["asked"] == {"device": "auto", "precision": precision}
+        assert meta["runtime"]["reason"].startswith(meta["settings"]["precision"])  # e.g. "bf16: … 1.58× as fast …"
         assert np.abs(read_sum(out / "clip")[1] - x).max() < 1e-3
     with pytest.raises(SystemExit) as stop:  # argparse: one usage line, exit 2
         main(["separate", str(short), "-o", str(tmp_path / "bad"), "-q", "--precision", "fp16"])
     assert stop.value.code == 2
+
+
+def test_cuda_without_a_gpu_is_one_line_up_front(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("separate", "classify"):
+        out = tmp_path / command
+        args = [command, str(EXAMPLE_RECORDING), "-o", str(out), "--device", "cuda", "-q"]
+        assert main(args + (["--classifier", "birdnet"] if command == "classify" else [])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"birdsep {command}: error: --device cuda asked for, but no CUDA device is available "
+                       "(use --device cpu or auto)"]
+        assert not out.exists()

@@ -18,6 +18,9 @@ import soxr
 from birdsep import files
 from birdsep.errors import AudioError
 
+#: Shorter inputs are refused by the commands that separate or classify files.
+MIN_SECONDS = 0.05
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -31,8 +34,8 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def info(path: str | os.PathLike) -> AudioInfo:
-    """Header information; raises :class:`AudioError` for unreadable or empty files."""
+def info(path: str | os.PathLike, min_duration: float = 0.0) -> AudioInfo:
+    """Header information; raises :class:`AudioError` for unreadable, empty or too short files."""
     try:
         i = sf.info(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot read"
@@ -41,7 +44,10 @@ def info(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(path, "invalid header (no sample rate or channels)")
     if i.frames <= 0:
         raise AudioError(path, "empty file (0 samples)")
-    return AudioInfo(str(path), int(i.samplerate), int(i.channels), int(i.frames))
+    meta = AudioInfo(str(path), int(i.samplerate), int(i.channels), int(i.frames))
+    if meta.duration < min_duration:
+        raise AudioError(path, f"too short ({meta.duration:.3f} s < {min_duration:g} s)")
+    return meta
 
 
 def _short(exc: Exception) -> str:
@@ -87,9 +93,7 @@ def load(
     Raises :class:`AudioError` (one line naming the file) for unreadable, empty, too short
     or non-finite audio.
     """
-    meta = info(path)
-    if meta.duration < min_duration:
-        raise AudioError(path, f"too short ({meta.duration:.2f} s < {min_duration:g} s)")
+    meta = info(path, min_duration)
     first = int(round(start * meta.sample_rate))
     frames = -1 if duration is None else int(round(duration * meta.sample_rate))
     try:

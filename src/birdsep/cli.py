@@ -8,6 +8,7 @@ import logging
 import sys
 
 from birdsep.errors import InputError, UsageError
+from birdsep.separation import runtime
 
 
 # --------------------------------------------------------------------------- separation
@@ -183,11 +184,7 @@ def _add_separate(sub) -> None:
     p.add_argument("--block", type=float, default=12.0, help="block length in seconds for long files (default 12)")
     p.add_argument("--overlap", type=float, default=0.125,
                    help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
-                   help="where the separator runs (default auto: a CUDA GPU if there is one)")
-    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
-                   help="separator arithmetic (default auto: bf16 where measured faster here and within "
-                        "40 dB SI-SNR of fp32, else fp32)")
+    runtime.add_flags(p)
     p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
     p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
     p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
@@ -228,6 +225,7 @@ def _add_classify(sub) -> None:
                    help="only these species, one per line (full label, scientific or common name)")
     p.add_argument("--model", default=None, metavar="SEPARATOR",
                    help="separator run directory or model folder (default: the shipped model)")
+    runtime.add_flags(p)
     p.add_argument("-j", "--jobs", type=int, default=1, help="files classified in parallel")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -236,7 +234,8 @@ def _add_classify(sub) -> None:
         from birdsep.detect import ClassifyOptions, classify_batch
 
         opts = ClassifyOptions(out=a.out, classifier=a.classifier, mode=a.mode, window=a.window, overlap=a.overlap,
-                               min_conf=a.min_conf, species_list=a.species_list, model=a.model, jobs=a.jobs,
+                               min_conf=a.min_conf, species_list=a.species_list, model=a.model, device=a.device,
+                               precision=a.precision, jobs=a.jobs,
                                threads=a.threads, progress=not a.quiet)
         s = classify_batch(a.inputs, opts)
         return _batch_summary("classified", s, a.out)

@@ -20,16 +20,18 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from birdsep import audio, files
 from birdsep.batch import BatchSummary, run_batch
-from birdsep.errors import AudioError, UsageError
+from birdsep.errors import UsageError
 from birdsep.outputs import Detection, write_audacity, write_csv, write_raven
+from birdsep.separation import runtime
+from birdsep.separation.runtime import Runtime
 from birdsep.taxonomy import label_names, read_species_list
-from birdsep.pipeline import MIN_SECONDS, pick_device, pick_precision
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class ClassifyOptions:
     min_conf: float = 0.1
     species_list: str | None = None
     model: str | None = None  # separator: run directory / model folder, None → the shipped default
+    device: str = "auto"  # see birdsep.separation.runtime
+    precision: str = "auto"
     jobs: int = 1
     threads: int | None = None
     progress: bool = True
@@ -100,27 +104,43 @@ class FileScores:
 
 
 def score_file(path, classifier, separator=None, *, window: float = 5.0, overlap: float = 0.0,
-               mix: bool = True, separated: bool = True, device: str = "cpu", precision: str = "fp32") -> FileScores:
-    """Classifier scores per window for the mix and/or each separated track. Raises AudioError."""
+               mix: bool = True, separated: bool = True, rt: Runtime = Runtime()) -> FileScores:
+    """Classifier scores per window for the mix and/or each separated track of an audio file,
+    read a piece at a time. Raises AudioError."""
+    meta = audio.info(path, min_duration=audio.MIN_SECONDS)
+    return _score(lambda t0, t1: audio.load(path, start=t0, duration=t1 - t0)[0], meta.sample_rate, meta.duration,
+                  classifier, separator, window, overlap, mix, separated, rt)
+
+
+def score_array(x: np.ndarray, sample_rate: int, classifier, separator=None, *, window: float = 5.0,
+                overlap: float = 0.0, mix: bool = True, separated: bool = True, rt: Runtime = Runtime()) -> FileScores:
+    """:func:`score_file` for mono audio (T,) in memory at ``sample_rate``."""
+    def read(t0: float, t1: float) -> np.ndarray:  # the samples audio.load(start=t0, duration=t1 - t0) reads
+        first = int(round(t0 * sample_rate))
+        return x[first : first + int(round((t1 - t0) * sample_rate))]
+
+    return _score(read, sample_rate, len(x) / sample_rate, classifier, separator, window, overlap, mix, separated, rt)
+
+
+def _score(read, sr_in: int, duration: float, classifier, separator, window: float, overlap: float, mix: bool,
+           separated: bool, rt: Runtime) -> FileScores:
+    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``."""
     from birdsep.separation.apply import BlockSettings, separate_array
 
-    meta = audio.info(path)
-    if meta.duration < MIN_SECONDS:
-        raise AudioError(path, f"too short ({meta.duration:.3f} s < {MIN_SECONDS:g} s)")
-    sr_in, sr_cls = meta.sample_rate, classifier.sample_rate
+    sr_cls = classifier.sample_rate
     n_cls = int(round(classifier.window_seconds * sr_cls))
-    spans = window_spans(meta.duration, window, overlap)
+    spans = window_spans(duration, window, overlap)
     hop = window * (1.0 - overlap)
     per_piece = max(1, int(PIECE_SECONDS // hop))
     n_lab = len(classifier.labels)
     m = separator.config.num_sources if separated else 0
     mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
     sep_out = np.zeros((len(spans), m, n_lab), np.float32) if separated else None
-    settings = BlockSettings(device=device, precision=precision)
+    settings = BlockSettings(device=rt.device, precision=rt.precision)
     for p0 in range(0, len(spans), per_piece):
         piece = spans[p0 : p0 + per_piece]
         t0, t1 = piece[0][0], piece[-1][1]
-        x, _ = audio.load(path, start=t0, duration=t1 - t0)  # (T,) native rate
+        x = read(t0, t1)  # (T,) native rate
         tracks = []  # (1 + M or 1 or M, T') at the classifier's rate
         if mix:
             tracks.append(audio.resample(x, sr_in, sr_cls)[None])
@@ -205,53 +225,60 @@ def is_done(base: Path) -> bool:
 
 
 class Detector:
-    """A loaded classifier (+ separator when the mode needs one) and the options."""
+    """A loaded classifier (+ separator when the mode needs one), the options and the runtime
+    (``rt``: resolved from the options' device and precision unless given)."""
 
-    def __init__(self, opts: ClassifyOptions):
+    def __init__(self, opts: ClassifyOptions, rt: Runtime | None = None):
         from birdsep.backends import load_classifier
 
         self.opts = opts
+        self.rt = rt or Runtime(runtime.resolve_device(opts.device), "fp32", "no separator")
         self.classifier = load_classifier(opts.classifier, threads=opts.threads or 1)
         self.keep = species_mask(self.classifier.labels, opts.species_list)
         self.separator = None
-        self.device = pick_device("auto")
-        self.precision = "fp32"
         if opts.mode != "mix":
-            from birdsep.pretrained import load_model
+            from birdsep.pretrained import load_model, probe_audio
 
-            self.separator = load_model(opts.model, self.device)
-            self.precision = pick_precision("auto", self.device, self.separator)
+            self.separator = load_model(opts.model, self.rt.device)
+            if rt is None:
+                probe = partial(probe_audio, self.separator.config.sample_rate)
+                self.rt = runtime.resolve(self.rt.device, opts.precision, self.separator, probe)
 
     def scores(self, path) -> FileScores:
         o = self.opts
         return score_file(path, self.classifier, self.separator, window=o.window, overlap=o.overlap,
-                          mix=o.mode != "separated", separated=o.mode != "mix", device=self.device,
-                          precision=self.precision)
+                          mix=o.mode != "separated", separated=o.mode != "mix", rt=self.rt)
 
     def run(self, path: Path, base: Path) -> float:
         """Classify one file and write its three tables; returns its duration in seconds."""
         fs = self.scores(path)
         scores, channel = combine(self.opts.mode, fs)
         dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
-        files = outputs_of(base)
-        write_raven(files["raven"], dets)
-        write_audacity(files["audacity"], dets)
-        write_csv(files["csv"], dets)  # last: marks the input as done
+        paths = outputs_of(base)
+        write_raven(paths["raven"], dets)
+        write_audacity(paths["audacity"], dets)
+        write_csv(paths["csv"], dets)  # last: marks the input as done
         return fs.spans[-1][1]
 
 
-def _detector_worker(opts: ClassifyOptions):
-    return Detector(opts).run
+def _detector_worker(opts: ClassifyOptions, rt: Runtime):
+    runtime.tune_allocator()
+    return Detector(opts, rt).run
 
 
 def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel jobs."""
     opts.check()
-    detector = Detector(opts)  # a bad classifier, separator or species list fails here, before any file
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    runtime.tune_allocator()
+    detector = Detector(opts)  # a bad classifier, separator, species list or device fails here, before any file
     out = Path(opts.out)
     jobs = max(1, opts.jobs)
     threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
     return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=is_done,
-                     make_worker=_detector_worker, worker_args=(worker_opts,), jobs=jobs, threads=threads,
+                     make_worker=_detector_worker, worker_args=(worker_opts, detector.rt), jobs=jobs, threads=threads,
                      progress=opts.progress, verb="classifying", past="classified", work=detector.run)

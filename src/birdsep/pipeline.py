@@ -14,22 +14,23 @@ import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 from birdsep import __version__, audio, files
-from birdsep.errors import AudioError
 from birdsep.batch import BatchSummary, run_batch
+from birdsep.errors import AudioError
+from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
+from birdsep.separation.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-MIN_SECONDS = 0.05
 RESULT_NAME = "separation.json"
 WAV_LIMIT_BYTES = 3_900_000_000  # above this a float WAV needs the RF64 container
 
@@ -48,34 +49,6 @@ class SeparateOptions:
     jobs: int = 1
     threads: int | None = None
     progress: bool = True
-
-
-def pick_device(device: str) -> str:
-    from birdsep.errors import UsageError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r} (cpu | cuda | auto)")
-    return device
-
-
-def pick_precision(precision: str, device: str, model=None) -> str:
-    """fp32 | bf16 as asked; ``auto``: what engine.choose_precision measures for ``model`` here
-    (bf16 only where it is faster and keeps every source within 40 dB SI-SNR of fp32)."""
-    from birdsep.errors import UsageError
-
-    if precision == "auto":
-        if model is None:
-            return "fp32"
-        from birdsep.separation.engine import choose_precision
-
-        return choose_precision(model, device)["precision"]
-    if precision not in ("fp32", "bf16"):
-        raise UsageError(f"unknown precision {precision!r} (fp32 | bf16 | auto)")
-    return precision
 
 
 def _resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int = 1) -> Iterator[np.ndarray]:
@@ -132,19 +105,17 @@ def is_done(folder: Path, opts: SeparateOptions) -> bool:
     return all((folder / f).is_file() for f in wanted)
 
 
-def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_name: str = "") -> dict:
-    """Separate one file into ``folder``; returns what goes into separation.json. Raises AudioError."""
+def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Runtime, model_name: str = "") -> dict:
+    """Separate one file into ``folder`` on the resolved runtime ``rt``; returns what goes into
+    separation.json. Raises AudioError."""
     from birdsep.plots import SpectrogramAccumulator, VideoError, make_video, plot_separation
 
     started = time.time()
-    meta = audio.info(path)
-    if meta.duration < MIN_SECONDS:
-        raise AudioError(path, f"too short ({meta.duration:.3f} s < {MIN_SECONDS:g} s)")
+    meta = audio.info(path, min_duration=audio.MIN_SECONDS)
     sr_in, sr_model = meta.sample_rate, model.config.sample_rate
     sr_out = sr_in if opts.sample_rate == "native" else int(opts.sample_rate)
     m = model.config.num_sources
-    device = pick_device(opts.device)
-    settings = BlockSettings(opts.block_seconds, opts.overlap, device, pick_precision(opts.precision, device, model))
+    settings = BlockSettings(opts.block_seconds, opts.overlap, rt.device, rt.precision)
     keep_high_band = sr_out == sr_in and sr_in > sr_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,6 +173,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, model_
         "model": model_name,
         "model_config": model.config.to_dict(),
         "settings": {**asdict(settings), "sample_rate": opts.sample_rate},
+        "runtime": {"asked": {"device": opts.device, "precision": opts.precision}, **rt.to_dict()},
         "sources": [{"file": names[k], "energy_db": _db(energy[k]), "energy_share": _share(energy[k], total)}
                     for k in range(m)],
         "high_band": names[m] if keep_high_band else None,
@@ -232,20 +204,31 @@ def _share(e: float, total: float) -> float:
 # ------------------------------------------------------------------------------ batches
 
 
-def _separator_worker(model_folder: str, opts: SeparateOptions):
+def _separator_worker(model_folder: str, opts: SeparateOptions, rt: Runtime, model=None):
     """Load the model once per process; return work(path, folder) -> seconds of audio."""
     from birdsep.pretrained import load_model
 
-    model = load_model(model_folder)
-    return lambda path, folder: separate_file(path, folder, model, opts, model_folder)["duration_s"]
+    runtime.tune_allocator()
+    model = model or load_model(model_folder, rt.device)
+    return lambda path, folder: separate_file(path, folder, model, opts, rt, model_folder)["duration_s"]
 
 
 def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
-    from birdsep.pretrained import resolve
+    """``birdsep separate``. The model, ``--device`` and ``--precision`` are settled here, once,
+    before any file (a missing model or GPU is one line, not one per file)."""
+    from birdsep.pretrained import load_model, probe_audio, resolve
 
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     out = Path(opts.out)
-    model_folder = str(resolve(opts.model))  # a missing model fails here, before any file
+    model_folder = str(resolve(opts.model))
+    device = runtime.resolve_device(opts.device)
+    model = load_model(model_folder, device)
+    rt = runtime.resolve(device, opts.precision, model, partial(probe_audio, model.config.sample_rate))
     return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out),
                      is_done=lambda folder: is_done(folder, opts), make_worker=_separator_worker,
-                     worker_args=(model_folder, opts), jobs=opts.jobs, threads=opts.threads,
-                     progress=opts.progress, verb="separating", past="separated")
+                     worker_args=(model_folder, opts, rt), jobs=opts.jobs, threads=opts.threads,
+                     progress=opts.progress, verb="separating", past="separated",
+                     work=_separator_worker(model_folder, opts, rt, model))

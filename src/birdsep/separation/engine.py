@@ -32,15 +32,8 @@ M sources, T samples, W basis window.
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import json
-import os
-import platform
-import sys
-import time
+import copy
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as Fn
@@ -249,52 +242,36 @@ class Engine:
         return sources[0] if single else sources
 
 
-# ----------------------------------------------------------------------------- choosing
+# ----------------------------------------------------------------------------- engines per model
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MIN_SI_SNR_DB = 40.0  # a reduced precision is used only if its sources stay this close to fp32's
-MIN_SPEEDUP = 1.15  # … and only if it is at least this much faster
-PROBE_START = 2.0  # s into the bundled example (10 s long; several birds singing)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 _engines: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
-_choices: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def tune_allocator() -> None:
-    """Keep large freed blocks in glibc's heap instead of returning them to the kernel.
-
-    Every activation of a long block is tens of MB; by default glibc hands such blocks back
-    with munmap/trim and the next forward pass page-faults them in again (measured: up to
-    440 000 page faults, ~0.6 s, per 6 s forward of the paper preset). Process-wide and
-    harmless elsewhere: memory stays at the peak a block needs, which is flat in file length.
-    """
-    if sys.platform != "linux" or getattr(tune_allocator, "done", False):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's largest allowed value
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-    tune_allocator.done = True
 
 
 def engine_for(model: torch.nn.Module, precision: str = "fp32", device: str | torch.device = "cpu"):
-    """The model's engine for ``precision`` (fp32 | bf16), built once and cached with the model.
+    """The model's engine for ``precision`` (fp32 | bf16) on ``device``, built once and cached
+    with the model. A callable (B, T) → (B, M, T).
 
-    A callable (B, T) → (B, M, T). Weights are copied when it is built: after changing a
-    model's weights, use a new model object (or ``forget(model)``).
+    The caller's model is left as it is (a model on another device is copied there). Weights
+    are copied when the engine is built: after changing a model's weights, use a new model
+    object (or ``forget(model)``). Which precision to use is :mod:`birdsep.separation.runtime`'s
+    business.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} ({' | '.join(PRECISIONS)})")
-    tune_allocator()
+    if precision not in DTYPES:
+        raise ValueError(f"unknown precision {precision!r} ({' | '.join(DTYPES)})")
     cache = _engines.setdefault(model, {})
     key = (precision, str(device))
     if key not in cache:
-        model = model.to(device)
-        supported = isinstance(model, Separator) and model.config.kernel % 2 == 1
-        cache[key] = Engine(model, PRECISIONS[precision]) if supported else _Reference(model, PRECISIONS[precision])
+        here = model if _is_on(model, torch.device(device)) else copy.deepcopy(model).to(device)
+        supported = isinstance(here, Separator) and here.config.kernel % 2 == 1
+        cache[key] = Engine(here, DTYPES[precision]) if supported else _Reference(here, DTYPES[precision])
     return cache[key]
+
+
+def _is_on(model: torch.nn.Module, device: torch.device) -> bool:
+    p = next(model.parameters(), None)
+    return p is None or p.device == device or (device.index is None and p.device.type == device.type)
 
 
 class _Reference:
@@ -314,120 +291,5 @@ class _Reference:
 
 
 def forget(model: torch.nn.Module) -> None:
-    """Drop the engines and precision choice cached for ``model``."""
+    """Drop the engines cached for ``model``."""
     _engines.pop(model, None)
-    _choices.pop(model, None)
-
-
-def _probe(model: Separator, seconds: float) -> torch.Tensor:
-    """(1, T) real audio at the model's rate: the start of the bundled example (noise if missing)."""
-    from birdsep import audio
-    from birdsep.pretrained import EXAMPLE_RECORDING
-
-    n = int(seconds * model.config.sample_rate)
-    try:
-        x, _ = audio.load(EXAMPLE_RECORDING, model.config.sample_rate, start=PROBE_START, duration=seconds)
-    except Exception:  # noqa: BLE001 - a missing or unreadable example: a fixed signal instead
-        x = torch.randn(n, generator=torch.Generator().manual_seed(0)).numpy()
-    return torch.as_tensor(x, dtype=torch.float32).reshape(1, -1)
-
-
-def _timed(engine: Engine, x: torch.Tensor, repeats: int = 2) -> tuple[torch.Tensor, float]:
-    y = engine(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        engine(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return y, best
-
-
-def choose_precision(model: Separator, device: str | torch.device = "cpu", probe_seconds: float = 2.0) -> dict:
-    """What ``--precision auto`` picks for this model on this machine, measured.
-
-    Runs the model on a few seconds of real audio in fp32 and bf16 and takes bf16 only if its
-    sources are within ``MIN_SI_SNR_DB`` of fp32's (worst source) and it is at least
-    ``MIN_SPEEDUP`` faster. Returns {"precision", "si_snr_db", "speedup"}. Remembered for the
-    process, and on disk (``choices_file()``) keyed by the weights, the processor, PyTorch and
-    this module's rules, so later runs skip the measurement (0.3 s); delete the file to re-measure.
-    """
-    key = str(device)
-    cache = _choices.setdefault(model, {})
-    if key not in cache:
-        disk_key = _machine_key(model, device)
-        stored = _read_choices().get(disk_key)
-        cache[key] = stored if isinstance(stored, dict) and "precision" in stored else _measure(model, device,
-                                                                                                 probe_seconds)
-        if stored is None:
-            _store_choice(disk_key, cache[key])
-    return cache[key]
-
-
-def _measure(model: Separator, device, probe_seconds: float) -> dict:
-    from birdsep.separation.mixit import si_snr
-
-    x = _probe(model, probe_seconds).to(device)
-    ref, t32 = _timed(engine_for(model, "fp32", device), x)
-    try:
-        low, t16 = _timed(engine_for(model, "bf16", device), x)
-        quality = float(si_snr(ref[0].double(), low[0].double()).min())
-    except RuntimeError:  # no bf16 kernels on this device
-        quality, t16 = float("-inf"), float("inf")
-    fast = t32 / t16 >= MIN_SPEEDUP
-    return {"precision": "bf16" if quality >= MIN_SI_SNR_DB and fast else "fp32",
-            "si_snr_db": round(quality, 1), "speedup": round(t32 / t16, 2)}
-
-
-def choices_file() -> Path:
-    """Where measured precision choices are kept ($BIRDSEP_CACHE or ~/.cache/birdsep)."""
-    root = os.environ.get("BIRDSEP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birdsep"
-    return Path(root) / "precision_choices.json"
-
-
-def _machine_key(model: Separator, device) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    if torch.device(device).type == "cuda":
-        processor = torch.cuda.get_device_name(torch.device(device))
-    else:
-        processor = f"{platform.machine()} {_cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
-    rules = f"{MIN_SI_SNR_DB}/{MIN_SPEEDUP}/{FP32_LEADING_BLOCKS}"
-    return f"{digest.hexdigest()[:16]} | {processor} | torch {torch.__version__} | {rules}"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _read_choices() -> dict:
-    try:
-        data = json.loads(choices_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _store_choice(key: str, choice: dict) -> None:
-    from birdsep.files import write_text
-
-    try:
-        path = choices_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_choices()
-        data[key] = choice
-        write_text(path, json.dumps(data, indent=1) + "\n")
-    except OSError:  # a read-only home: measure again next time
-        pass
