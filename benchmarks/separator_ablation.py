@@ -185,6 +185,21 @@ def train_variant(name: str, cfg: SeparatorConfig, precision: str, budget_s: flo
     return result
 
 
+def score_models(folders: list[str], sets: dict) -> None:
+    """MoMi of finished models (e.g. the shipped ones) on the ablation's held-out MoMs."""
+    from birdsep.pretrained import load_model
+
+    rows = []
+    for folder in folders:
+        model = load_model(folder)
+        cfg = model.config
+        scores = evaluate(model, sets)
+        rows.append({"model": folder, "kHz": f"{cfg.sample_rate / 1000:g}", "M": cfg.num_sources,
+                     "basis": f"{cfg.basis} {cfg.window_ms:g}/{cfg.hop_ms:g} ms", "params": f"{count_parameters(model) / 1e6:.2f} M",
+                     "MoMi 11k dB [95% CI]": fmt(scores["11k"]), "MoMi full dB": fmt(scores.get("full"))})
+    table(rows)
+
+
 def fmt(score) -> str:
     if not score:
         return "–"
@@ -199,6 +214,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", default=os.path.expanduser("~/birdsep-runs/ablation"))
+    ap.add_argument("--score", nargs="+", default=None, metavar="MODEL",
+                    help="only score these model folders / run directories on the same held-out MoMs")
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():
@@ -208,6 +225,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     header(f"Separator variants at {args.budget:g} CPU-minutes each, MoMi on held-out species")
     sets = eval_sets(data, out)
+    if args.score:
+        score_models(args.score, sets)
+        return
     train_index = RecordingIndex.build([str(data)], read_globs(HELDOUT), cache=out / "train_index.json", progress=False)
     print(f"training audio: {len(train_index.recordings)} recordings, {train_index.hours:.2f} h; held out: "
           f"{sets['recordings']} recordings of {len(read_globs(HELDOUT))} species, {EVAL_MIXTURES} MoMs × "
