@@ -31,3 +31,9 @@ def _threads():
 def _private_cache(tmp_path_factory):
     """Measured precision choices go to a temporary folder, not the user's ~/.cache."""
     os.environ["BIRDSEP_CACHE"] = str(tmp_path_factory.mktemp("birdsep_cache"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--serve-screenshot", default=None, metavar="PATH",
+                     help="also save the web page's screenshot (birdsep serve's browser test) to PATH, "
+                          "relative to the checkout, e.g. docs/serve.png")

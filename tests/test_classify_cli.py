@@ -46,6 +46,37 @@ def test_combine_modes_keep_the_channel_of_the_max():
     assert s.tolist() == [[0.7, 0.9]] and c.tolist() == [[2, 0]]
 
 
+class _Loudness:
+    """A stand-in classifier: one 'species' whose score is the window's RMS."""
+
+    labels = ["loud"]
+    window_seconds = 1.0
+    sample_rate = 8000
+    name = "loudness"
+
+    def predict(self, windows):
+        return np.sqrt((windows ** 2).mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_score_file_reads_tracks_written_by_separate(tmp_path):
+    """With ``tracks`` the separated scores come from those files (no separator needed), piece by
+    piece, with progress reported; track k's score is track k's file."""
+    from birdsep.detect import score_file
+
+    sr = 16000
+    t = np.arange(sr * 3) / sr
+    mix = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    audio.write(tmp_path / "mix.wav", mix, sr)
+    tracks = [tmp_path / f"source_{k}.wav" for k in (1, 2)]
+    audio.write(tracks[0], mix * 0.25, sr)
+    audio.write(tracks[1], np.zeros_like(mix), sr)
+    seen = []
+    fs = score_file(tmp_path / "mix.wav", _Loudness(), None, window=1.0, tracks=tracks, progress=seen.append)
+    assert fs.separated.shape == (3, 2, 1) and seen[-1] == 1.0
+    np.testing.assert_allclose(fs.separated[:, 0, 0], 0.25 * fs.mix[:, 0], rtol=1e-3)
+    assert np.all(fs.separated[:, 1] == 0)
+
+
 def test_species_list_matches_full_scientific_or_common_names(tmp_path):
     labels = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin", "Engine_Engine"]
     f = tmp_path / "species.txt"

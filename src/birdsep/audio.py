@@ -109,16 +109,24 @@ def load(
     return x, sr
 
 
-def blocks(path: str | os.PathLike, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
-    """Yield consecutive mono float32 blocks at the file's own rate; memory stays flat."""
+def blocks(path: str | os.PathLike, block_seconds: float = 10.0, *, start: float = 0.0,
+           duration: float | None = None) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks at the file's own rate (from ``start`` seconds, for
+    ``duration`` seconds or to the end); memory stays flat."""
     meta = info(path)
     size = max(1, int(block_seconds * meta.sample_rate))
+    left = None if duration is None else max(0, int(round(duration * meta.sample_rate)))
     try:
         with sf.SoundFile(str(path)) as f:
+            if start > 0:
+                f.seek(min(meta.frames, int(round(start * meta.sample_rate))))
             while True:
-                x = f.read(size, dtype="float32", always_2d=True)
+                want = size if left is None else min(size, left)
+                x = f.read(want, dtype="float32", always_2d=True) if want else np.zeros((0, 1), np.float32)
                 if x.shape[0] == 0:
                     return
+                if left is not None:
+                    left -= x.shape[0]
                 x = to_mono(x)
                 check_finite(path, x)
                 yield x
@@ -134,6 +142,18 @@ def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str
     data = x.T if x.ndim == 2 else x
     with files.atomic(path) as tmp:
         sf.write(str(tmp), data, sample_rate, subtype=subtype, format=_format_of(Path(path)))
+
+
+def transcode(src: str | os.PathLike, dst: str | os.PathLike, subtype: str = "PCM_24") -> Path:
+    """Write ``src`` as mono ``dst`` (format from its extension, e.g. FLAC) block by block,
+    atomically; samples beyond ±1 are clipped by integer formats."""
+    meta = info(src)
+    with files.atomic(dst) as tmp:
+        with sf.SoundFile(str(tmp), "w", samplerate=meta.sample_rate, channels=1, subtype=subtype,
+                          format=_format_of(Path(dst))) as out:
+            for x in blocks(src, 30.0):
+                out.write(x)
+    return Path(dst)
 
 
 def _format_of(path: Path) -> str:

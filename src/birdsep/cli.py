@@ -261,8 +261,36 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page: open recordings, hear their tracks, check detections")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; other hosts must be asked for)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="a folder of recordings the page may open (repeatable); nothing else on disk is readable")
+    p.add_argument("--out", default=".", metavar="DIR",
+                   help="where results go (default: the current folder: separated/ and detections/, "
+                        "as birdsep separate and classify write them)")
+    p.add_argument("--classifier", action="append", default=None, metavar="birdnet|RUN_DIR",
+                   help="classifiers the page offers (repeatable; default: birdnet when its extra is installed)")
+    p.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload accepted (default 1024 MB)")
+    runtime.add_flags(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the work")
+
+    def run(a):
+        from birdsep.serve.app import ServeOptions, serve
+
+        if not 0 <= a.port <= 65535:
+            raise UsageError("--port must be between 0 and 65535")
+        return serve(ServeOptions(host=a.host, port=a.port, roots=a.root, out=a.out, classifiers=a.classifier,
+                                  max_upload_mb=a.max_upload_mb, device=a.device, precision=a.precision,
+                                  threads=a.threads))
+
+    p.set_defaults(func=run)
+
+
 COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train_classifier, _add_classify_clips,
-            _add_detect_activity, _add_classify, _add_evaluate]
+            _add_detect_activity, _add_classify, _add_evaluate, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,12 +104,19 @@ class FileScores:
 
 
 def score_file(path, classifier, separator=None, *, window: float = 5.0, overlap: float = 0.0,
-               mix: bool = True, separated: bool = True, rt: Runtime = Runtime()) -> FileScores:
+               mix: bool = True, separated: bool = True, rt: Runtime = Runtime(),
+               tracks: list[Path] | None = None, progress=None) -> FileScores:
     """Classifier scores per window for the mix and/or each separated track of an audio file,
-    read a piece at a time. Raises AudioError."""
+    read a piece at a time. Raises AudioError.
+
+    ``tracks``: the recording's separated tracks already on disk (``birdsep separate``'s
+    ``source_k.wav``), read instead of separating again, so that ``source_k`` in the
+    detections is the voice in that file. ``progress``, if given, is called with the fraction
+    done after each piece.
+    """
     meta = audio.info(path, min_duration=audio.MIN_SECONDS)
     return _score(lambda t0, t1: audio.load(path, start=t0, duration=t1 - t0)[0], meta.sample_rate, meta.duration,
-                  classifier, separator, window, overlap, mix, separated, rt)
+                  classifier, separator, window, overlap, mix, separated, rt, tracks, progress)
 
 
 def score_array(x: np.ndarray, sample_rate: int, classifier, separator=None, *, window: float = 5.0,
@@ -123,8 +130,9 @@ def score_array(x: np.ndarray, sample_rate: int, classifier, separator=None, *, 
 
 
 def _score(read, sr_in: int, duration: float, classifier, separator, window: float, overlap: float, mix: bool,
-           separated: bool, rt: Runtime) -> FileScores:
-    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``."""
+           separated: bool, rt: Runtime, tracks: list[Path] | None = None, progress=None) -> FileScores:
+    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; ``tracks``, ``progress``:
+    as :func:`score_file`."""
     from birdsep.separation.apply import BlockSettings, separate_array
 
     sr_cls = classifier.sample_rate
@@ -133,7 +141,7 @@ def _score(read, sr_in: int, duration: float, classifier, separator, window: flo
     hop = window * (1.0 - overlap)
     per_piece = max(1, int(PIECE_SECONDS // hop))
     n_lab = len(classifier.labels)
-    m = separator.config.num_sources if separated else 0
+    m = (len(tracks) if tracks is not None else separator.config.num_sources) if separated else 0
     mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
     sep_out = np.zeros((len(spans), m, n_lab), np.float32) if separated else None
     settings = BlockSettings(device=rt.device, precision=rt.precision)
@@ -141,15 +149,17 @@ def _score(read, sr_in: int, duration: float, classifier, separator, window: flo
         piece = spans[p0 : p0 + per_piece]
         t0, t1 = piece[0][0], piece[-1][1]
         x = read(t0, t1)  # (T,) native rate
-        tracks = []  # (1 + M or 1 or M, T') at the classifier's rate
+        parts = []  # (1 + M or 1 or M, T') at the classifier's rate
         if mix:
-            tracks.append(audio.resample(x, sr_in, sr_cls)[None])
-        if separated:
+            parts.append(audio.resample(x, sr_in, sr_cls)[None])
+        if separated and tracks is not None:
+            parts.append(np.stack([audio.load(t, sr_cls, start=t0, duration=t1 - t0)[0] for t in tracks]))
+        elif separated:
             sr_m = separator.config.sample_rate
             src = separate_array(separator, audio.resample(x, sr_in, sr_m), sr_m, settings)  # (M, T_m)
-            tracks.append(audio.resample(src, sr_m, sr_cls))
-        length = min(t.shape[1] for t in tracks)
-        y = np.concatenate([t[:, :length] for t in tracks])  # (R, T')
+            parts.append(audio.resample(src, sr_m, sr_cls))
+        length = min(t.shape[1] for t in parts)
+        y = np.concatenate([t[:, :length] for t in parts])  # (R, T')
         wins = []  # per window (R, K, n); K differs for a short last window
         for s, e in piece:
             a, b = int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))
@@ -166,6 +176,8 @@ def _score(read, sr_in: int, duration: float, classifier, separator, window: flo
             mix_out[rows] = scores[:, 0]
         if separated:
             sep_out[rows] = scores[:, int(mix):]
+        if progress is not None:
+            progress(min(1.0, (p0 + len(piece)) / len(spans)))
     return FileScores(spans, mix_out, sep_out)
 
 
@@ -244,14 +256,16 @@ class Detector:
                 probe = partial(probe_audio, self.separator.config.sample_rate)
                 self.rt = runtime.resolve(self.rt.device, opts.precision, self.separator, probe)
 
-    def scores(self, path) -> FileScores:
+    def scores(self, path, tracks: list[Path] | None = None, progress=None) -> FileScores:
         o = self.opts
         return score_file(path, self.classifier, self.separator, window=o.window, overlap=o.overlap,
-                          mix=o.mode != "separated", separated=o.mode != "mix", rt=self.rt)
+                          mix=o.mode != "separated", separated=o.mode != "mix", rt=self.rt, tracks=tracks,
+                          progress=progress)
 
-    def run(self, path: Path, base: Path) -> float:
-        """Classify one file and write its three tables; returns its duration in seconds."""
-        fs = self.scores(path)
+    def run(self, path: Path, base: Path, tracks: list[Path] | None = None, progress=None) -> float:
+        """Classify one file and write its three tables; returns its duration in seconds.
+        ``tracks``, ``progress``: as :func:`score_file`."""
+        fs = self.scores(path, tracks, progress)
         scores, channel = combine(self.opts.mode, fs)
         dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
         paths = outputs_of(base)

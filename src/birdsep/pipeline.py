@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -24,7 +24,7 @@ import soxr
 
 from birdsep import __version__, audio, files
 from birdsep.batch import BatchSummary, run_batch
-from birdsep.errors import AudioError
+from birdsep.errors import AudioError, UsageError
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
 from birdsep.separation.runtime import Runtime
@@ -93,21 +93,24 @@ class _Tee:
 
 
 def is_done(folder: Path, opts: SeparateOptions) -> bool:
-    result = folder / RESULT_NAME
-    if not result.is_file():
+    meta = read_result(folder)
+    if meta is None or "sources" not in meta:
         return False
-    try:
-        meta = json.loads(result.read_text())
-    except (OSError, ValueError):
-        return False
-    files = [s["file"] for s in meta.get("sources", [])] + ([meta["high_band"]] if meta.get("high_band") else [])
-    wanted = files + (["separation.png"] if opts.plot else []) + (["separation.mp4"] if opts.video else [])
-    return all((folder / f).is_file() for f in wanted)
+    wanted = track_files(folder, meta) + [folder / n for n, on in (("separation.png", opts.plot),
+                                                                   ("separation.mp4", opts.video)) if on]
+    return all(f.is_file() for f in wanted)
 
 
-def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Runtime, model_name: str = "") -> dict:
+def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Runtime, model_name: str = "",
+                  progress: Callable[[float], None] | None = None) -> dict:
     """Separate one file into ``folder`` on the resolved runtime ``rt``; returns what goes into
-    separation.json. Raises AudioError."""
+    separation.json. Raises AudioError.
+
+    ``progress``, if given, is called with the fraction of the input done after each chunk.
+    Each source's ``level_db`` in separation.json is its energy relative to the mixture's (the
+    sum of the outputs, i.e. the input within the chosen rate): the levels the picture's and
+    the page's legends show.
+    """
     from birdsep.plots import SpectrogramAccumulator, VideoError, make_video, plot_separation
 
     started = time.time()
@@ -124,6 +127,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     expected = int(round(meta.frames * sr_out / sr_in))
     fmt = "RF64" if expected * 4 > WAV_LIMIT_BYTES else "WAV"
     energy = np.zeros(m + 1)
+    mixture_energy = 0.0
     written = 0
     spec = None
     if opts.plot or opts.video:
@@ -150,17 +154,25 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
             for k in range(m):
                 writers[k].write(chunk[k])
             energy[:m] += np.einsum("mt,mt->m", chunk, chunk)  # per chunk in float32, summed in float64
+            mixture = chunk.sum(0)
             if keep_high_band:
-                residual = native.take(chunk.shape[1]) - chunk.sum(0)
+                residual = native.take(chunk.shape[1]) - mixture
                 writers[m].write(residual)
                 energy[m] += float(np.dot(residual, residual))
+                mixture = mixture + residual
+            mixture_energy += float(np.dot(mixture, mixture))
             written += chunk.shape[1]
+            if progress is not None:
+                progress(min(1.0, written / max(expected, 1)))
         if written < expected:  # resampler rounding: pad the last few samples
             pad = np.zeros(expected - written, np.float32)
             for w in writers[:m]:
                 w.write(pad)
             if keep_high_band:  # the sources are silent there: the input is all high band
-                writers[m].write(native.take(len(pad)))
+                rest = native.take(len(pad))
+                writers[m].write(rest)
+                energy[m] += float(np.dot(rest, rest))
+                mixture_energy += float(np.dot(rest, rest))
 
     total = energy[:m].sum() + energy[m] if keep_high_band else energy[:m].sum()
     result = {
@@ -174,15 +186,18 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         "model_config": model.config.to_dict(),
         "settings": {**asdict(settings), "sample_rate": opts.sample_rate},
         "runtime": {"asked": {"device": opts.device, "precision": opts.precision}, **rt.to_dict()},
-        "sources": [{"file": names[k], "energy_db": _db(energy[k]), "energy_share": _share(energy[k], total)}
-                    for k in range(m)],
+        "mixture_energy_db": _db(mixture_energy),
+        "sources": [{"file": names[k], "energy_db": _db(energy[k]), "energy_share": _share(energy[k], total),
+                     "level_db": _level(energy[k], mixture_energy)} for k in range(m)],
         "high_band": names[m] if keep_high_band else None,
         "high_band_energy_db": _db(energy[m]) if keep_high_band else None,
+        "high_band_level_db": _level(energy[m], mixture_energy) if keep_high_band else None,
     }
     if spec is not None:
         power, times, freqs = spec.result()
         area = plot_separation(power[0], power[1:], times, freqs, folder / "separation.png",
-                               title=f"{path.name} — {m} sources ({Path(model_name).name or 'model'})")
+                               title=_picture_title(path.name, m, model_name),
+                               levels_db=[s["level_db"] for s in result["sources"]])
         if opts.video:
             try:
                 make_video(folder / "separation.png", path, meta.duration, area, folder / "separation.mp4")
@@ -199,6 +214,78 @@ def _db(e: float) -> float:
 
 def _share(e: float, total: float) -> float:
     return round(float(e / total), 4) if total > 0 else 0.0
+
+
+def _level(e: float, mixture: float) -> float:
+    """dB of ``e`` relative to the mixture's energy."""
+    return round(float(10 * np.log10((e + 1e-20) / (mixture + 1e-20))), 2)
+
+
+def _picture_title(name: str, m: int, model_name: str) -> str:
+    return f"{name} — {m} sources ({Path(model_name).name or 'model'})"
+
+
+# ------------------------------------------------------------------------------ reading results
+
+
+def read_result(folder: Path) -> dict | None:
+    """separation.json of a finished folder, or None."""
+    try:
+        return json.loads((folder / RESULT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def track_files(folder: Path, result: dict) -> list[Path]:
+    """The separated tracks, then the high band if there is one."""
+    names = [s["file"] for s in result["sources"]] + ([result["high_band"]] if result.get("high_band") else [])
+    return [folder / n for n in names]
+
+
+def levels_db(result: dict) -> list[float] | None:
+    """Each source's level relative to the mixture (``level_db``; None for results written
+    before birdsep recorded it)."""
+    levels = [s.get("level_db") for s in result["sources"]]
+    return None if any(v is None for v in levels) else levels
+
+
+def track_spectrogram(folder: Path, result: dict, start: float = 0.0, end: float | None = None,
+                      max_columns: int = 2400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power spectrograms of a finished separation between ``start`` and ``end`` seconds, read
+    block by block from its tracks: (C, F, N) with row 0 the mixture (the sum of all tracks,
+    high band included), then each source, then the high band; times (N,) from ``start``;
+    freqs (F,)."""
+    from birdsep.plots import SpectrogramAccumulator, fft_size
+
+    paths = track_files(folder, result)
+    sr = int(result["output_sample_rate"])
+    total = float(result["duration_s"])
+    start = min(max(0.0, start), total)
+    end = total if end is None else min(max(end, start), total)
+    spec = SpectrogramAccumulator(sr, 1 + len(paths), int((end - start) * sr) + 1, n_fft=fft_size(sr),
+                                  max_columns=max_columns)
+    streams = [audio.blocks(f, 10.0, start=start, duration=end - start) for f in paths]
+    for parts in zip(*streams):
+        n = min(len(p) for p in parts)
+        x = np.stack([p[:n] for p in parts])  # (C, n)
+        spec.add(np.concatenate([x.sum(0, keepdims=True), x]))
+    power, times, freqs = spec.result()
+    return power, times + start, freqs
+
+
+def plot_folder(folder: Path) -> Path:
+    """Draw separation.png for a finished separation (one made without ``--plot``)."""
+    from birdsep.plots import plot_separation
+
+    result = read_result(folder)
+    if result is None:
+        raise UsageError.of(folder, f"no {RESULT_NAME} here: not a finished separation")
+    power, times, freqs = track_spectrogram(folder, result)
+    m = len(result["sources"])
+    plot_separation(power[0], power[1 : 1 + m], times, freqs, folder / "separation.png",
+                    title=_picture_title(Path(result["input"]).name, m, result.get("model", "")),
+                    levels_db=levels_db(result))
+    return folder / "separation.png"
 
 
 # ------------------------------------------------------------------------------ batches

@@ -7,8 +7,10 @@ from pathlib import Path
 from birdsep.errors import UsageError
 from birdsep.files import CONFIG_NAME, WEIGHTS_NAME, has_weights
 
+#: Where shipped models live: one folder each (weights + config).
+MODELS = Path(__file__).parent / "models"
 #: The separator shipped inside the package (trained with ``birdsep train-separator``; see README).
-DEFAULT_SEPARATOR = Path(__file__).parent / "models" / "separator_small_m4"
+DEFAULT_SEPARATOR = MODELS / "separator_small_m4"
 #: A bundled recording (Jura forest at dawn, BSD-3; licence beside it).
 EXAMPLE_RECORDING = Path(__file__).parent / "examples" / "jura_forest_dawn.flac"
 PROBE_START = 2.0  # s into the example (10 s long; several birds singing)
@@ -48,3 +50,19 @@ def probe_audio(sample_rate: int, seconds: float = 2.0):
     except Exception:  # noqa: BLE001 - a missing or unreadable example: a fixed signal instead
         x = np.random.default_rng(0).standard_normal(int(seconds * sample_rate)).astype(np.float32)
     return x
+
+
+def shipped_separators() -> list[dict]:
+    """The separators shipped with birdsep (every folder under ``models/`` holding a separator's
+    weights and config), the default first: ``{"name", "path", "sources", "sample_rate", "default"}``."""
+    from birdsep.files import read_config
+
+    found = []
+    for folder in sorted(MODELS.iterdir()) if MODELS.is_dir() else []:
+        try:
+            cfg = read_config(folder, "separator")
+        except UsageError:  # not a separator (or not a model at all)
+            continue
+        found.append({"name": folder.name, "path": str(folder), "sources": int(cfg.get("num_sources", 0)),
+                      "sample_rate": int(cfg.get("sample_rate", 0)), "default": folder == DEFAULT_SEPARATOR})
+    return sorted(found, key=lambda d: (not d["default"], d["sources"], d["name"]))

@@ -113,6 +113,7 @@ class Taxonomy:
     def __init__(self) -> None:
         self._by_scientific: dict[str, tuple[str, str | None, str | None]] = {}  # key → (sci, family, order)
         self._by_name: dict[str, str] = {}  # normalised common/scientific name → scientific name
+        self._common: dict[str, str] = {}  # normalised scientific name → common name (first checklist)
         self._user: dict[str, Taxon] = {}
         self._warned: set[str] = set()
         self.sources: list[str] = []
@@ -151,6 +152,7 @@ class Taxonomy:
                     self._by_name.setdefault(key, sci)
                     if row.get(common_col):
                         self._by_name.setdefault(normalise(row[common_col]), sci)
+                        self._common.setdefault(key, row[common_col].strip())
             self.sources.append(f"birdnames:{fname}")
 
     def add_csv(self, path: str | os.PathLike) -> None:
@@ -202,6 +204,23 @@ class Taxonomy:
                         "trained; add it to a taxonomy CSV (species,genus,family,order) to fix this",
                         species, "/".join(missing))
         return taxon
+
+    def names(self, label: str) -> tuple[str, str | None]:
+        """(common name, scientific name) of a classifier label: BirdNET's
+        ``Scientific_Common``, a common name, a scientific name or a folder-style label
+        (``european_robin``); the scientific name is None where no checklist knows it."""
+        sci, sep, common = label.partition("_")
+        if sep and sci == common:  # BirdNET's non-bird classes, e.g. Engine_Engine
+            return common, None
+        if sep and re.fullmatch(r"[A-Z][a-z]+ [a-z-]+", sci) and common:  # BirdNET
+            return common, sci
+        found = self.lookup(label, warn=False).scientific_name
+        if found is None:
+            return label.replace("_", " ").strip(), None
+        known = self._common.get(normalise(found))
+        if normalise(label) == normalise(found) or label.islower():  # no usable common name in the label
+            return known or label.replace("_", " "), found
+        return label.replace("_", " ").strip(), found
 
     def _family_of_genus(self, genus: str) -> tuple[str | None, str | None]:
         prefix = normalise(genus)
