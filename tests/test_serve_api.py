@@ -24,6 +24,7 @@ from birdsep.serve.library import Library  # noqa: E402
 from birdsep.serve.media import Media  # noqa: E402
 
 SR = 22050
+LOCAL = "http://127.0.0.1:8000"  # what a browser on this machine sends as Host
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +53,7 @@ def tree(tmp_path):
 
 def _client(tree, tmp_path, **kw) -> TestClient:
     app, jobs = build(ServeOptions(roots=[str(tree)], out=str(tmp_path / "out"), classifiers=[], **kw))
-    client = TestClient(app)
+    client = TestClient(app, base_url=LOCAL)
     client.jobs = jobs
     return client
 
@@ -198,6 +199,22 @@ def _fake_app(tree, tmp_path, work):
     return TestClient(create_app(library, jobs, Media(tmp_path / "cache"), 10 ** 6)), jobs
 
 
+def test_requests_must_name_this_machine_and_come_from_this_page(tree, tmp_path):
+    """Served on loopback, a request whose Host is another name (a site's DNS name pointed at
+    127.0.0.1) is refused, and so is a POST sent from another site's page."""
+    library = Library.create([tree], tmp_path / "out", classifiers=[])
+    jobs = JobManager(lambda job: None, lambda rec, s: ())
+    app = create_app(library, jobs, Media(tmp_path / "cache"), 10 ** 6, allowed_hosts=("127.0.0.1", "localhost"))
+    here = TestClient(app, base_url="http://127.0.0.1:8000")
+    assert here.get("/api/config").status_code == 200
+    r = TestClient(app, base_url="http://attacker.example:8000").get("/api/config")
+    assert r.status_code == 403 and "refused" in r.json()["detail"]
+    rid = {"id": "recordings/dawn.wav"}
+    assert here.post("/api/open", params=rid, headers={"Origin": "http://attacker.example"}).status_code == 403
+    assert here.post("/api/open", params=rid, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    jobs.close()
+
+
 def test_a_second_tab_gets_the_same_job(tree, tmp_path):
     release, calls = threading.Event(), []
 
@@ -248,6 +265,8 @@ def test_job_progress_and_time_left():
     job = Job("1", ("r", None), None, None, stages=("separating", "classifying"))
     assert job.to_dict()["percent"] == 0.0
     job.state = "running"
+    job.begin("separating", "loading the separator")
+    assert job.to_dict()["note"] == "loading the separator" and job.to_dict()["eta_s"] is None
     job.begin("separating")
     job.stage_started -= 10  # ten seconds in
     job.progress(0.25)
@@ -330,7 +349,7 @@ def test_results_of_the_command_line_open_at_once(tmp_path, monkeypatch):
         Path(str(base) + suffix).write_text("")
     classifiers = ["birdnet"] if _birdnet() else []
     app, jobs = build(ServeOptions(roots=[str(root)], out=".", classifiers=classifiers))
-    client = TestClient(app)
+    client = TestClient(app, base_url=LOCAL)
     rid = {"id": "field/site b/night.wav"}
     s = client.post("/api/open", params=rid).json()
     assert s["state"] == "done" and s["job"] is None and client.get("/api/jobs").json() == []

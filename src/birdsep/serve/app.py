@@ -15,6 +15,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +31,7 @@ from birdsep.serve.media import Media, track_colours, track_ids
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 DEFAULT_UPLOAD_LIMIT_MB = 1024
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".oga": "audio/ogg", ".opus": "audio/ogg", ".png": "image/png", ".zip": "application/zip",
@@ -53,7 +55,11 @@ class ServeOptions:
     threads: int | None = None
 
 
-def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: int) -> FastAPI:
+def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: int,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """``allowed_hosts``: the names a request's Host header may give (None: any); serving on
+    loopback, only the loopback names, so that a web site cannot reach the API through a
+    DNS name of its own pointed at 127.0.0.1."""
     from birdsep.detect import MODES, outputs_of
     from birdsep.outputs import read_table
     from birdsep.pipeline import RESULT_NAME, levels_db, plot_folder, track_files
@@ -68,6 +74,18 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
     for exc_type, code in status_codes:
         app.add_exception_handler(exc_type, lambda request, exc, code=code: JSONResponse(
             {"detail": str(exc)}, status_code=code))
+
+    @app.middleware("http")
+    async def this_machine_and_this_page_only(request: Request, call_next):
+        host = request.headers.get("host", "")
+        name = host[1:].split("]")[0] if host.startswith("[") else host.split(":")[0]
+        if allowed_hosts is not None and name not in allowed_hosts:
+            return JSONResponse({"detail": f"refused: {name or 'no host'} is not this server's address"},
+                                status_code=403)
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
+            return JSONResponse({"detail": "refused: a request from another site"}, status_code=403)
+        return await call_next(request)
 
     @app.exception_handler(Exception)
     async def internal(request, exc):  # logged; the page gets one line and the server goes on
@@ -93,7 +111,7 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
             out = job.to_dict()
         else:
             left = jobs.plan(rec, s)
-            out = {"job": None, "state": "new" if left else "done", "stage": None, "stages": list(left),
+            out = {"job": None, "state": "new" if left else "done", "stage": None, "note": None, "stages": list(left),
                    "percent": 0.0 if left else 100.0, "eta_s": None, "error": None}
         return {"id": rec.id, "name": rec.path.name, "settings": s.to_dict(), **out}
 
@@ -312,11 +330,16 @@ def build(opts: ServeOptions) -> tuple[object, JobManager]:
     if opts.max_upload_mb <= 0:
         raise UsageError("--max-upload-mb must be positive")
     runtime.resolve_device(opts.device)  # --device cuda without a GPU: one line now, not in every job
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     library = Library.create(opts.roots, opts.out, opts.classifiers)
     worker = Worker(library, opts.device, opts.precision, opts.threads)
     jobs = JobManager(worker, worker.plan)
     media = Media(library.out / SERVE_DIR / "cache")
-    return create_app(library, jobs, media, int(opts.max_upload_mb * 1e6)), jobs
+    hosts = (*LOOPBACK_NAMES, opts.host) if _is_loopback(opts.host) else None
+    return create_app(library, jobs, media, int(opts.max_upload_mb * 1e6), hosts), jobs
 
 
 def serve(opts: ServeOptions) -> int:

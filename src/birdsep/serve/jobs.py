@@ -35,14 +35,15 @@ class Job:
     stage: str | None = None
     stage_fraction: float = 0.0
     stage_started: float = 0.0
+    note: str | None = None  # what the stage is doing before its progress starts, e.g. loading a model
     created: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def begin(self, stage: str) -> None:
+    def begin(self, stage: str, note: str | None = None) -> None:
         with self._lock:
-            self.stage, self.stage_fraction, self.stage_started = stage, 0.0, time.time()
+            self.stage, self.stage_fraction, self.stage_started, self.note = stage, 0.0, time.time(), note
 
     def progress(self, fraction: float) -> None:
         with self._lock:
@@ -73,7 +74,8 @@ class Job:
     def to_dict(self) -> dict:
         with self._lock:
             eta = self.eta()
-            return {"job": self.id, "state": self.state, "stage": self.stage, "stages": list(self.stages),
+            return {"job": self.id, "state": self.state, "stage": self.stage, "note": self.note,
+                    "stages": list(self.stages),
                     "percent": round(100 * self.fraction(), 1), "eta_s": None if eta is None else round(eta, 1),
                     "error": self.error}
 

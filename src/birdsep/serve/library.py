@@ -194,14 +194,20 @@ class Library:
 
     def detections_base(self, rec: Recording, s: Settings) -> Path:
         """The path the three detection tables are named after (``<base>.birdsep.results.csv`` …)."""
+        return self._detections_folder(rec, s) / rec.stem
+
+    def _detections_folder(self, rec: Recording, s: Settings) -> Path:
         if s == self.defaults:
-            folder = rec.root.results / "detections"
-        else:
-            tag = hashlib.sha1(json.dumps(s.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-            folder = rec.root.results / f"detections-{tag}"
-            if not (folder / "settings.json").is_file():
-                files.write_json(folder / "settings.json", s.to_dict())
-        return folder / rec.stem
+            return rec.root.results / "detections"
+        tag = hashlib.sha1(json.dumps(s.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return rec.root.results / f"detections-{tag}"
+
+    def describe_detections(self, rec: Recording, s: Settings) -> None:
+        """Write ``settings.json`` into a non-default detections folder: what its tables hold."""
+        folder = self._detections_folder(rec, s)
+        if folder.name != "detections" and not (folder / "settings.json").is_file():
+            files.write_json(folder / "settings.json", {**s.to_dict(), "classifier_path": self.classifiers.get(
+                s.classifier), "separator_path": self.separator_path(s)})
 
     # ------------------------------------------------------------------ state on disk
     def separation(self, rec: Recording, s: Settings) -> dict | None:

@@ -38,6 +38,7 @@ class Media:
     def __init__(self, cache: Path):
         self.cache = cache
         self._overviews: OrderedDict[tuple, tuple] = OrderedDict()
+        self._computing: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ pictures
@@ -47,15 +48,19 @@ class Media:
 
         key = (str(folder), (folder / RESULT_NAME).stat().st_mtime_ns)
         with self._lock:
-            if key in self._overviews:
-                self._overviews.move_to_end(key)
-                return self._overviews[key]
-        power, times, freqs = track_spectrogram(folder, result, max_columns=OVERVIEW_COLUMNS)
-        found = (power.astype(np.float32), times, freqs)
-        with self._lock:
-            self._overviews[key] = found
-            while len(self._overviews) > OVERVIEWS_KEPT:
-                self._overviews.popitem(last=False)
+            computing = self._computing.setdefault(key, threading.Lock())
+        with computing:  # the page asks for every panel at once: one reads the tracks, the others wait
+            with self._lock:
+                if key in self._overviews:
+                    self._overviews.move_to_end(key)
+                    return self._overviews[key]
+            power, times, freqs = track_spectrogram(folder, result, max_columns=OVERVIEW_COLUMNS)
+            found = (power.astype(np.float32), times, freqs)
+            with self._lock:
+                self._overviews[key] = found
+                while len(self._overviews) > OVERVIEWS_KEPT:
+                    self._overviews.popitem(last=False)
+                self._computing.pop(key, None)
         return found
 
     def scale(self, folder: Path, result: dict, mode: str = "background", range_db: float | None = None) -> LevelScale:

@@ -36,16 +36,20 @@ class Worker:
         lib = self.library
         folder = lib.separated_dir(rec, s)
         if "separating" in job.stages:
-            job.begin("separating")
+            job.begin("separating", "loading the separator")
             opts = SeparateOptions(out=str(folder.parent), model=lib.separator_path(s), device=self.device,
                                    precision=self.precision, plot=True, threads=self.threads, progress=False)
             model, rt = self._separator(s)
+            job.begin("separating")
             separate_file(rec.real, folder, model, opts, rt, lib.separator_path(s), progress=job.progress)
         if "classifying" in job.stages:
-            job.begin("classifying")
+            job.begin("classifying", "loading the classifier")
             result = lib.separation(rec, s)
             tracks = track_files(folder, result)[: len(result["sources"])]
-            self._detector(s).run(rec.real, lib.detections_base(rec, s), tracks=tracks, progress=job.progress)
+            detector = self._detector(s)
+            job.begin("classifying")
+            lib.describe_detections(rec, s)
+            detector.run(rec.real, lib.detections_base(rec, s), tracks=tracks, progress=job.progress)
 
     def _separator(self, s: Settings):
         """(model, runtime) of ``s``'s separator, loaded and its precision settled once."""

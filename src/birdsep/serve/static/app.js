@@ -220,7 +220,7 @@ function showProgress(s) {
   else if (s.state === "running" && s.stage) {
     const left = s.eta_s === null ? "" : ` · about ${Math.max(1, Math.round(s.eta_s))} s left in this stage`;
     const steps = s.stages.length > 1 ? ` (step ${s.stages.indexOf(s.stage) + 1} of ${s.stages.length})` : "";
-    text = `${s.stage}${steps} · ${Math.round(s.percent)} %${left}`;
+    text = `${s.stage}${steps} · ${s.note ? `${s.note}…` : `${Math.round(s.percent)} %${left}`}`;
   } else text = s.state === "failed" ? "failed" : "starting…";
   box.querySelector(".text").textContent = text;
   box.dataset.state = s.state;
