@@ -74,7 +74,7 @@ def trained(tmp_path_factory):
         killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     out = proc.stdout.read().decode()
     assert killed_at is not None, out
-    resumed = _cli(*_train_args(labels, run, data_dir, STEPS), "--resume", "--no-progress")
+    resumed = _cli(*_train_args(labels, run, data_dir, STEPS), "--resume", "--quiet")
     return {"run": run, "labels": labels, "test": test, "killed_at": killed_at, "resumed": resumed, "tmp": tmp,
             "data": data_dir}
 
@@ -143,7 +143,7 @@ def learned(tmp_path_factory):
     labels = _labels_csv(tmp / "train.csv", rows)
     r = _cli("train-classifier", labels, "--out", tmp / "run", "--steps", LEARN_STEPS, "--batch-size", 8, "--lr",
              "2e-3", "--threads", 1, "--no-augment", "mix", "--no-augment", "noise-only", "--no-augment", "lowpass",
-             "--no-progress")
+             "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
     return tmp / "run", held_out
 
@@ -174,7 +174,7 @@ def test_ensemble_of_two_members(trained, tmp_path):
     labels = _labels_csv(tmp_path / "two.csv", [(f, s) for f, s in _split(data)[0] if s != SPECIES[2]][:2])
     run = tmp_path / "ens"
     r = _cli("train-classifier", labels, "--out", run, "--steps", 2, "--batch-size", 2, "--ensemble", 2,
-             "--max-windows", 1, "--threads", 1, "--no-augment", "mix", "--no-progress")
+             "--max-windows", 1, "--threads", 1, "--no-augment", "mix", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
     from birdsep.classification.model import load as load_model
 

@@ -7,8 +7,27 @@ import argparse
 import logging
 import sys
 
+from birdsep import training
 from birdsep.errors import InputError, UsageError
 from birdsep.separation import runtime
+
+
+class _OldName(argparse.Action):
+    """An old spelling of a flag, kept for one release: hidden from --help; it works, and says
+    the new name on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, const=None, **kw):
+        super().__init__(option_strings, dest, nargs=0 if const is not None else None, const=const,
+                         default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"birdsep: {option_string} is now {self.new} (the old name goes in the next release)", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def _old_name(p, old: str, new: str, **kw) -> None:
+    p.add_argument(old, action=_OldName, new=new, **kw)
 
 
 # --------------------------------------------------------------------------- separation
@@ -21,58 +40,28 @@ def _batch_summary(verb: str, s, out: str) -> int:
     return 1 if s.failed else 0
 
 
-def _globs_from(files: list[str]) -> tuple[str, ...]:
-    """The globs listed in ``files``: one per line, blank lines and ``#`` comments ignored."""
-    globs = []
-    for name in files:
-        try:
-            text = open(name, encoding="utf-8").read()
-        except OSError as exc:
-            raise UsageError(f"{name}: cannot read exclude list ({exc.strerror or exc})") from None
-        globs += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return tuple(g for g in globs if g)
-
-
 def _add_train_separator(sub) -> None:
+    Options = training.SeparatorTrainOptions
     p = sub.add_parser("train-separator", help="train a MixIT separator on unlabelled recordings")
     p.add_argument("data", nargs="+", help="audio files or folders (recursive)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final model)")
-    p.add_argument("--preset", default="small", help="model size: small | paper (default small)")
+    training.add_flags(p, Options)
+    p.add_argument("--preset", default="small", help="model size: small | paper | stft (default small)")
     p.add_argument("--sources", type=int, default=None, help="number of output sources M (default: the preset's)")
-    p.add_argument("--steps", type=int, default=10000, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, default=4, help="mixtures of mixtures per step")
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip-seconds", type=float, default=None, help="mixture length (default: the preset's)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip files matching this glob (repeatable)")
     p.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
                    help="skip files matching any glob listed in FILE (one per line, # comments; repeatable)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="carry on from RUN_DIR's last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="data loading processes")
-    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu | gpu | auto")
-    p.add_argument("--devices", default="auto", help="Lightning devices (count or list)")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="weight of a loss that keeps one sound in one output (ℓ1/ℓ2 of source levels; default 0)")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start from a model folder or run directory (its design; --sources may add outputs)")
 
     def run(a):
-        from birdsep.separation.train import TrainOptions, train_separator
+        from birdsep.files import read_list
+        from birdsep.separation.train import train_separator
 
-        opts = TrainOptions(
-            out=a.out, preset=a.preset, sources=a.sources, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-            clip_seconds=a.clip_seconds, exclude=tuple(a.exclude) + _globs_from(a.exclude_from),
-            checkpoint_every=a.checkpoint_every,
-            resume=a.resume, seed=a.seed, workers=a.workers, precision=a.precision, accelerator=a.accelerator,
-            devices=a.devices, strategy=a.strategy, num_nodes=a.num_nodes, threads=a.threads,
-            sparsity=a.sparsity, init_from=a.init_from,
-        )
-        train_separator(a.data, opts)
+        globs = [g for f in a.exclude_from for g in read_list(f, "exclude list")]
+        train_separator(a.data, training.options_from(Options, a, exclude=tuple(a.exclude + globs)))
         return 0
 
     p.set_defaults(func=run)
@@ -103,9 +92,10 @@ def _add_eval_separator(sub) -> None:
 
 
 def _add_train_classifier(sub) -> None:
+    Options = training.ClassifierTrainOptions
     p = sub.add_parser("train-classifier", help="train the taxonomic bird classifier on weakly labelled recordings")
     p.add_argument("data", help="a folder with one sub-folder per species, or a CSV (file, primary, background)")
-    p.add_argument("--out", required=True, help="run directory (cache, checkpoints, logs, final model)")
+    training.add_flags(p, Options)
     p.add_argument("--noise", nargs="+", action="extend", default=[], metavar="DIR",
                    help="folders of noise / non-bird recordings for the noise augmentations")
     p.add_argument("--species-list", default=None, metavar="FILE",
@@ -114,33 +104,15 @@ def _add_train_classifier(sub) -> None:
                    help="extra or overriding taxonomy: CSV with species,genus,family,order")
     p.add_argument("--backbone", default="b0", choices=["b0", "b1", "b2"], help="EfficientNet size (default b0)")
     p.add_argument("--ensemble", type=int, default=1, metavar="K", help="train K members; logits are averaged")
-    p.add_argument("--steps", type=int, default=2000, help="optimisation steps per member")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-windows", type=int, default=5, help="activity windows per recording (default 5)")
     p.add_argument("--no-augment", action="append", default=[], metavar="NAME",
                    help="switch off an augmentation: crop, gain, mix, noise, noise-only, lowpass (repeatable)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="carry on from RUN_DIR's last checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loading processes")
-    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu | gpu | auto")
-    p.add_argument("--devices", default="auto", help="Lightning devices (count or list)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _old_name(p, "--no-progress", "--quiet", dest="progress", const=False)
 
     def run(a):
-        from birdsep.classification.train import TrainOptions, train_classifier
+        from birdsep.classification.train import train_classifier
 
-        opts = TrainOptions(
-            out=a.out, noise=tuple(a.noise), species_list=a.species_list, taxonomy=a.taxonomy, backbone=a.backbone,
-            ensemble=a.ensemble, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_windows=a.max_windows,
-            no_augment=tuple(a.no_augment), checkpoint_every=a.checkpoint_every, resume=a.resume, seed=a.seed,
-            workers=a.workers, precision=a.precision, accelerator=a.accelerator, devices=a.devices,
-            threads=a.threads, progress=not a.no_progress,
-        )
-        train_classifier(a.data, opts)
+        train_classifier(a.data, training.options_from(Options, a))
         return 0
 
     p.set_defaults(func=run)

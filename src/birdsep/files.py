@@ -80,6 +80,16 @@ def remove_stale_temps(folder: Path) -> None:
 # ----------------------------------------------------------------------------- inputs and outputs
 
 
+def read_list(path: str | os.PathLike, what: str) -> list[str]:
+    """A list file: one entry per line, blank lines and ``#`` comments ignored, repeats dropped.
+    ``what`` names it in the UsageError raised when it cannot be read."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError.of(path, f"cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    return list(dict.fromkeys(s for s in (line.split("#", 1)[0].strip() for line in lines) if s))
+
+
 def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
     """Expand files and folders (recursively) into ``(file, root)`` pairs, sorted.
 

@@ -83,12 +83,9 @@ def read_species_list(path: str | os.PathLike) -> list[str]:
     """A species list: one name per line (a full label, a scientific or a common name); blank
     lines and ``#`` comments ignored, repeats dropped. Raises UsageError naming the file."""
     from birdsep.errors import UsageError
+    from birdsep.files import read_list
 
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError.of(path, f"cannot read species list ({getattr(exc, 'strerror', None) or exc})") from None
-    species = list(dict.fromkeys(s for s in (line.split("#")[0].strip() for line in lines) if s))
+    species = read_list(path, "species list")
     if not species:
         raise UsageError.of(path, "species list is empty")
     return species

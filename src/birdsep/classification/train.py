@@ -19,80 +19,53 @@ import json
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 
-from birdsep import files
-from birdsep.classification import augment as aug
+from birdsep import files, training
 from birdsep.classification import model as M
 from birdsep.classification.data import LabelSpace, WindowDataset, activity_windows, noise_clips, read_labelled
 from birdsep.errors import AudioError, UsageError
 from birdsep.taxonomy import Taxonomy, read_species_list
+from birdsep.training import ClassifierTrainOptions
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    out: str
-    noise: tuple[str, ...] = ()
-    species_list: str | None = None
-    taxonomy: str | None = None
-    backbone: str = "b0"
-    ensemble: int = 1
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    checkpoint_every: int = 100
-    resume: bool = False
-    seed: int = 0
-    workers: int = 0
-    threads: int | None = None
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str = "32-true"
-    no_augment: tuple[str, ...] = ()
-    max_windows: int = 5
-    progress: bool = True
-    augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)
+class ClassifierModule(pl.LightningModule):
+    """One ensemble member trained with the taxonomic loss; AdamW, warm-up then cosine decay."""
 
+    def __init__(self, cfg: M.ClassifierConfig, lr: float, steps: int):
+        super().__init__()
+        self.cfg, self.lr, self.steps = cfg, lr, steps
+        self.model = M.Classifier(cfg)
 
-def _lightning_module():
-    import lightning.pytorch as pl
+    def training_step(self, batch, batch_idx):
+        logits = self.model(batch["audio"], batch["band_gain"])
+        targets = {h: batch[f"y_{h}"] for h in M.HEADS}
+        masks = {h: batch[f"m_{h}"] for h in M.HEADS}
+        loss, per_head = M.taxonomic_loss(logits, targets, masks)
+        bs = batch["audio"].shape[0]
+        self.log("loss", loss, prog_bar=True, batch_size=bs)
+        for h, v in per_head.items():
+            self.log(f"loss_{h}", v, batch_size=bs)
+        return loss
 
-    class _Module(pl.LightningModule):
-        def __init__(self, cfg: M.ClassifierConfig, lr: float, steps: int):
-            super().__init__()
-            self.cfg, self.lr, self.steps = cfg, lr, steps
-            self.model = M.Classifier(cfg)
-
-        def training_step(self, batch, batch_idx):
-            logits = self.model(batch["audio"], batch["band_gain"])
-            targets = {h: batch[f"y_{h}"] for h in M.HEADS}
-            masks = {h: batch[f"m_{h}"] for h in M.HEADS}
-            loss, per_head = M.taxonomic_loss(logits, targets, masks)
-            bs = batch["audio"].shape[0]
-            self.log("loss", loss, prog_bar=True, batch_size=bs)
-            for h, v in per_head.items():
-                self.log(f"loss_{h}", v, batch_size=bs)
-            return loss
-
-        def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-            warmup = max(1, min(200, self.steps // 10))
-            sched = torch.optim.lr_scheduler.LambdaLR(  # warm-up, then cosine decay; plain floats only
-                opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / self.steps))))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return _Module
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
+        warmup = max(1, min(200, self.steps // 10))
+        sched = torch.optim.lr_scheduler.LambdaLR(  # warm-up, then cosine decay; plain floats only
+            opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / self.steps))))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 # ---------------------------------------------------------------------------- data
 
 
-def prepare(data: str, opts: TrainOptions, cfg: M.ClassifierConfig | None = None):
+def prepare(data: str, opts: ClassifierTrainOptions, cfg: M.ClassifierConfig | None = None):
     """Read labels, build (or reuse) the label space, decode and cache activity windows."""
     taxonomy = Taxonomy.load(opts.taxonomy)
     recordings = read_labelled(data)
@@ -131,29 +104,18 @@ def prepare(data: str, opts: TrainOptions, cfg: M.ClassifierConfig | None = None
 # ---------------------------------------------------------------------------- training
 
 
-def train_classifier(data: str, opts: TrainOptions) -> Path:
+def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
     """Train ``opts.ensemble`` members and write ``config.json`` + ``model.safetensors`` to ``opts.out``."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from birdsep.checkpointing import AtomicCheckpointIO  # temp file + rename: kill -9 safe
-
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    _quiet_lightning()
-    if opts.ensemble < 1 or opts.steps < 1 or opts.batch_size < 1 or opts.checkpoint_every < 1:
-        raise UsageError("--ensemble, --steps, --batch-size and --checkpoint-every must be at least 1")
+    run_file = Path(opts.out) / "run.json"
+    out = training.start(opts, marker=run_file)
+    if opts.ensemble < 1:
+        raise UsageError("--ensemble must be at least 1")
     try:
         augment = opts.augment.without(*opts.no_augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    out = Path(opts.out)
-    run_file = out / "run.json"
     cfg = None
     if run_file.is_file():
-        if not opts.resume:
-            raise UsageError(f"{out} already holds a training run; add --resume to continue it or choose another --out")
         blob = json.loads(run_file.read_text())
         cfg = M.ClassifierConfig(**blob["classifier"])
         if cfg.members != opts.ensemble or cfg.backbone != opts.backbone:
@@ -170,7 +132,6 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
           f"({len(cfg.genus)} genera, {len(cfg.family)} families, {len(cfg.order)} orders), {len(noise)} noise files",
           flush=True)
 
-    Module = _lightning_module()
     members_dir = out / "members"
     for k in range(cfg.members):
         mdir = members_dir / str(k)
@@ -183,33 +144,17 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
         loader = torch.utils.data.DataLoader(
             ds, batch_size=opts.batch_size, shuffle=True, drop_last=len(ds) >= opts.batch_size,
             num_workers=opts.workers, persistent_workers=opts.workers > 0)
-        module = Module(cfg, opts.lr, opts.steps)
+        module = ClassifierModule(cfg, opts.lr, opts.steps)
         ckpt_dir = mdir / "checkpoints"
-        ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", auto_insert_metric_name=False,
-                               every_n_train_steps=opts.checkpoint_every,
-                               save_last=True, save_top_k=1, monitor=None)
         # One log folder per session, so a resumed run keeps the metrics from before the stop.
         session = f"session_{len(list((mdir / 'logs').glob('session_*[0-9]')))}"
-        loggers = [CSVLogger(mdir, name="logs", version=session,
-                             flush_logs_every_n_steps=max(1, min(100, opts.checkpoint_every)))]
-        try:
-            loggers.append(TensorBoardLogger(mdir, name="logs", version=f"{session}_tensorboard"))
-        except ModuleNotFoundError:
-            log.warning("tensorboard is not installed: CSV logs only")
-        trainer = pl.Trainer(
-            max_steps=opts.steps, accelerator=opts.accelerator, devices=opts.devices, precision=opts.precision,
-            callbacks=[ckpt] + ([_progress_bar()] if opts.progress else []),
-            logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=opts.progress,
-            log_every_n_steps=max(1, min(10, opts.steps, len(loader))), enable_model_summary=False, default_root_dir=mdir,
-            num_sanity_val_steps=0, limit_val_batches=0)
-        last = ckpt_dir / "last.ckpt"
-        resume_from = str(last) if (opts.resume and last.is_file()) else None
-        if resume_from:
-            print(f"birdsep train-classifier: member {k} resumes from {last}", flush=True)
-        try:
-            trainer.fit(module, loader, ckpt_path=resume_from)
-        except SystemExit:  # Lightning exits by itself after Ctrl-C / SIGTERM
-            pass
+        trainer = training.make_trainer(
+            opts, mdir, callbacks=[training.checkpoints(ckpt_dir, opts.checkpoint_every, step_files=True)],
+            logger=training.loggers(mdir, csv=("logs", session), tensorboard=("logs", f"{session}_tensorboard"),
+                                    flush_every=max(1, min(100, opts.checkpoint_every))),
+            log_every_n_steps=max(1, min(10, opts.steps, len(loader))), num_sanity_val_steps=0, limit_val_batches=0)
+        resume_from = training.find_checkpoint(ckpt_dir, opts, f"birdsep train-classifier: member {k}")
+        training.fit(trainer, module, loader, resume_from)
         if trainer.interrupted or trainer.global_step < opts.steps:  # stopped early: not a finished member
             print(f"birdsep train-classifier: member {k} stopped at step {trainer.global_step}; "
                   f"continue with --resume", file=sys.stderr, flush=True)
@@ -222,26 +167,3 @@ def train_classifier(data: str, opts: TrainOptions) -> Path:
     print(f"birdsep train-classifier: wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"
           + (f" ({failed} recording(s) skipped)" if failed else ""), flush=True)
     return out
-
-
-def _quiet_lightning() -> None:
-    """Lightning's banner lines (GPU available, tips) only with ``birdsep -v``."""
-    import warnings
-
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module=r"lightning\..*", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-
-
-def _progress_bar():
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
-    class Bar(TQDMProgressBar):
-        def get_metrics(self, trainer, pl_module):  # loss and it/s; no logger version number
-            metrics = super().get_metrics(trainer, pl_module)
-            metrics.pop("v_num", None)
-            return metrics
-
-    return Bar(refresh_rate=1)

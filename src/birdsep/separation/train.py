@@ -10,49 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 
-from birdsep import files
-from birdsep.checkpointing import AtomicCheckpointIO, quiet_lightning
+from birdsep import files, training
+from birdsep.errors import UsageError
 from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler
-from birdsep.separation.mixit import DEFAULT_SNR_MAX, mixit_loss, sparsity_loss
+from birdsep.separation.mixit import mixit_loss, sparsity_loss
 from birdsep.separation.model import Separator, SeparatorConfig, preset, save_model, widen_sources
+from birdsep.training import SeparatorTrainOptions
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    out: str
-    preset: str = "small"
-    sources: int | None = None
-    steps: int = 10000
-    batch_size: int = 4
-    lr: float = 1e-3
-    clip_seconds: float | None = None
-    exclude: tuple[str, ...] = ()
-    checkpoint_every: int = 100
-    resume: bool = False
-    seed: int = 0
-    workers: int = 1
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    threads: int | None = None
-    snr_max: float = DEFAULT_SNR_MAX
-    sparsity: float = 0.0  # weight of the ℓ1/ℓ2 source-level sparsity loss (0: plain MixIT)
-    init_from: str | None = None  # warm start: a model folder or run directory (M may differ)
-    grad_clip: float = 5.0
-    progress: bool = True
-
-
-class MixITModule(L.LightningModule):
+class MixITModule(pl.LightningModule):
     """The separator trained with the MixIT loss on batches of MoMs (B, 2, T)."""
 
     def __init__(self, config: dict, lr: float, snr_max: float, sparsity: float = 0.0):
@@ -78,7 +51,7 @@ class MixITModule(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
 
-class ExportModel(L.Callback):
+class ExportModel(pl.Callback):
     """Keep RUN_DIR/model.safetensors + config.json current: at every checkpoint and at the end."""
 
     def __init__(self, folder: Path):
@@ -93,26 +66,12 @@ class ExportModel(L.Callback):
             save_model(pl_module.model, self.folder)
 
 
-def _devices(value: str):
-    if value == "auto":
-        return "auto"
-    if "," in value:
-        return [int(v) for v in value.split(",") if v]
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
-def train_separator(data: list[str], opts: TrainOptions) -> Path:
-    from birdsep.errors import UsageError
-
-    quiet_lightning()
+def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     out = Path(opts.out)
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt_dir = out / "checkpoints"
     options_file = out / "options.json"
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-
-    if ckpt.exists() and not opts.resume:
-        raise UsageError(f"{out} already holds a training run; pass --resume to carry on, or choose another --out")
+    training.start(opts, marker=ckpt_dir / "last.ckpt")
+    resume_from = training.find_checkpoint(ckpt_dir, opts, "birdsep train-separator:")
     if opts.resume and options_file.exists():
         stored = json.loads(options_file.read_text())
         config = SeparatorConfig.from_dict(stored["model"])
@@ -133,8 +92,6 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         resumes = 0
-    if opts.resume and not ckpt.exists():
-        log.warning("no checkpoint in %s yet: starting from scratch", out)
 
     out.mkdir(parents=True, exist_ok=True)
     index = RecordingIndex.build(data, opts.exclude, cache=out / "data_index.json", progress=opts.progress)
@@ -154,26 +111,18 @@ def train_separator(data: list[str], opts: TrainOptions) -> Path:
         num_workers=opts.workers, persistent_workers=opts.workers > 0,
     )
     module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
-    if opts.init_from and not (opts.resume and ckpt.exists()):
+    if opts.init_from and resume_from is None:
         state = base.state_dict()
         if base.config.num_sources != config.num_sources:
             state = widen_sources(state, base.config.num_sources, config.num_sources, config.coefficients,
                                   seed=opts.seed)
         module.model.load_state_dict(state, strict=True)
         print(f"starting from the weights of {opts.init_from} (M={base.config.num_sources} → {config.num_sources})")
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=out / "checkpoints", every_n_train_steps=opts.checkpoint_every, save_last=True, save_top_k=0,
-    )
-    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
-               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard")]
-    trainer = L.Trainer(
-        max_steps=opts.steps, max_epochs=-1, precision=opts.precision, accelerator=opts.accelerator,
-        devices=_devices(opts.devices), strategy=opts.strategy, num_nodes=opts.num_nodes,
-        callbacks=[checkpoint, ExportModel(out)], logger=loggers, plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=opts.grad_clip, log_every_n_steps=min(10, opts.checkpoint_every), enable_progress_bar=opts.progress,
-        enable_model_summary=False, default_root_dir=out,
-    )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt) if opts.resume and ckpt.exists() else None)
-    trainer.save_checkpoint(ckpt)
+    trainer = training.make_trainer(
+        opts, out, callbacks=[training.checkpoints(ckpt_dir, opts.checkpoint_every), ExportModel(out)],
+        logger=training.loggers(out / "logs", csv=("csv", None), tensorboard=("tensorboard", None)),
+        gradient_clip_val=opts.grad_clip, log_every_n_steps=min(10, opts.checkpoint_every))
+    training.fit(trainer, module, loader, resume_from)
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     print(f"model written to {out} (step {trainer.global_step})")
     return out
