@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdsep.activity import detect_activity, detect_activity_files
+from birdsep.classification.activity import detect_activity, detect_activity_files
 from birdsep.cli import main
 
 SR = 16000
@@ -71,13 +71,13 @@ def test_command_lists_windows_and_reports_bad_files(tmp_path, capsys):
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 2 and any("bad.wav" in e for e in errors) and any("missing.wav" in e for e in errors)
     assert "Traceback" not in err
-    assert main(["detect-activity", str(good), "--windows", "0"]) == 2
+    assert main(["detect-activity", str(good), "--max-windows", "0"]) == 2
 
 
 def test_real_recordings(data_dir):
     out = io.StringIO()
-    rc = detect_activity_files([data_dir / "xc" / "veery", data_dir / "edge_cases"], out=out, err=io.StringIO())
-    assert rc == 1  # edge_cases holds 0-sample files
+    summary = detect_activity_files([data_dir / "xc" / "veery", data_dir / "edge_cases"], stream=out)
+    assert summary.exit_code == 1  # edge_cases holds 0-sample files
     rows = [r.split("\t") for r in out.getvalue().splitlines()[1:]]
     veery = [r for r in rows if "veery_recording_2" in r[0]]
     assert 1 <= len(veery) <= 5 and all(float(r[3]) - float(r[2]) == pytest.approx(6.0) for r in veery)

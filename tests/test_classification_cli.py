@@ -108,7 +108,7 @@ def test_classify_clips_prints_windows_and_reports_bad_files(trained, capsys):
     test = trained["test"]
     bad = trained["tmp"] / "broken.mp3"
     bad.write_bytes(b"\x00" * 100)
-    rc = main(["classify-clips", "--model", str(trained["run"]), str(test[0][0]), str(bad),
+    rc = main(["classify-clips", "--classifier", str(trained["run"]), str(test[0][0]), str(bad),
                str(trained["data"] / "edge_cases" / "empty_2c.wav"), "--threads", "1"])
     out, err = capsys.readouterr()
     assert rc == 1
@@ -193,7 +193,7 @@ def test_ensemble_of_two_members(trained, tmp_path):
 def test_usage_errors_are_one_line(tmp_path, capsys):
     assert main(["train-classifier", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     assert main(["train-classifier", str(tmp_path), "--out", str(tmp_path / "r"), "--no-augment", "reverb"]) == 2
-    assert main(["classify-clips", "--model", str(tmp_path), "x.wav"]) == 2
+    assert main(["classify-clips", "--classifier", str(tmp_path), "x.wav"]) == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("birdsep ") for line in lines) and "Traceback" not in err

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 
 from birdsep.classification.augment import AugmentConfig
-from birdsep.classification.data import LabelSpace, Recording, WindowDataset, activity_windows, read_labelled
+from birdsep.classification.data import LabelSpace, LabelledRecording, WindowDataset, activity_windows, read_labelled
 from birdsep.errors import UsageError
 from birdsep.taxonomy import Taxonomy, read_species_list
 
@@ -12,8 +12,8 @@ from birdsep.taxonomy import Taxonomy, read_species_list
 @pytest.fixture(scope="module")
 def space():
     tax = Taxonomy.load()
-    recs = [Recording("a.wav", "european_robin"), Recording("b.wav", "common_nightingale"),
-            Recording("c.wav", "siberian_jay", ("european_robin",)), Recording("d.wav", "alpine_chough")]
+    recs = [LabelledRecording("a.wav", "european_robin"), LabelledRecording("b.wav", "common_nightingale"),
+            LabelledRecording("c.wav", "siberian_jay", ("european_robin",)), LabelledRecording("d.wav", "alpine_chough")]
     return LabelSpace.build(recs, ["european_robin", "common_nightingale", "siberian_jay"], tax)
 
 
@@ -26,7 +26,7 @@ def test_label_space_levels(space):
 
 def test_primary_species_and_taxonomy(space):
     sp, _ = space
-    lab = sp.encode(Recording("a.wav", "european_robin"))
+    lab = sp.encode(LabelledRecording("a.wav", "european_robin"))
     assert lab["y_species"].tolist() == [1, 0, 0] and lab["m_species"].tolist() == [1, 1, 1]
     assert lab["y_genus"].tolist() == [1, 0, 0, 0] and lab["y_family"].tolist() == [0, 1]
     assert lab["y_bird"].tolist() == [1] and lab["m_bird"].tolist() == [1]
@@ -34,7 +34,7 @@ def test_primary_species_and_taxonomy(space):
 
 def test_background_species_are_masked(space):
     sp, _ = space
-    lab = sp.encode(Recording("c.wav", "siberian_jay", ("european_robin",)))
+    lab = sp.encode(LabelledRecording("c.wav", "siberian_jay", ("european_robin",)))
     assert lab["y_species"].tolist() == [0, 0, 1] and lab["m_species"].tolist() == [0, 1, 1]
     # the robin's genus and family are unknown-present: masked too
     assert lab["m_genus"].tolist() == [0, 1, 1, 1] and lab["m_family"].tolist() == [1, 0]
@@ -42,7 +42,7 @@ def test_background_species_are_masked(space):
 
 def test_out_of_target_species_trains_taxonomy_only(space):
     sp, _ = space
-    lab = sp.encode(Recording("d.wav", "alpine_chough"))
+    lab = sp.encode(LabelledRecording("d.wav", "alpine_chough"))
     assert lab["m_species"].sum() == 0
     assert lab["y_genus"].tolist() == [0, 0, 0, 1] and lab["m_genus"].tolist() == [1, 1, 1, 1]
     assert lab["y_family"].tolist() == [1, 0] and lab["y_bird"].tolist() == [1]
@@ -50,20 +50,20 @@ def test_out_of_target_species_trains_taxonomy_only(space):
 
 def test_unplaceable_species_masks_its_levels():
     tax = Taxonomy.load()
-    sp, cfg = LabelSpace.build([Recording("x.wav", "mystery_bird_q"), Recording("y.wav", "european_robin")], None,
+    sp, cfg = LabelSpace.build([LabelledRecording("x.wav", "mystery_bird_q"), LabelledRecording("y.wav", "european_robin")], None,
                                tax)
-    lab = sp.encode(Recording("x.wav", "mystery_bird_q"))
+    lab = sp.encode(LabelledRecording("x.wav", "mystery_bird_q"))
     assert lab["y_species"][cfg.species.index("mystery_bird_q")] == 1
     assert lab["m_genus"].sum() == lab["m_family"].sum() == lab["m_order"].sum() == 0
 
 
 def test_union_of_mixed_examples(space):
     sp, _ = space
-    a = sp.encode(Recording("c.wav", "siberian_jay", ("european_robin",)))
-    b = sp.encode(Recording("b.wav", "common_nightingale"))
+    a = sp.encode(LabelledRecording("c.wav", "siberian_jay", ("european_robin",)))
+    b = sp.encode(LabelledRecording("b.wav", "common_nightingale"))
     u = LabelSpace.union(a, b)
     assert u["y_species"].tolist() == [0, 1, 1] and u["m_species"].tolist() == [0, 1, 1]
-    t = LabelSpace.union(sp.encode(Recording("d.wav", "alpine_chough")), b)  # taxonomy-only + target
+    t = LabelSpace.union(sp.encode(LabelledRecording("d.wav", "alpine_chough")), b)  # taxonomy-only + target
     assert t["m_species"].tolist() == [0, 1, 0] and t["y_species"].tolist() == [0, 1, 0]
     none = LabelSpace.no_labels(a)
     assert none["y_bird"].tolist() == [0] and none["m_species"].tolist() == [1, 1, 1]
@@ -106,7 +106,7 @@ def test_dataset_items(space):
     sp, cfg = space
     rng = np.random.default_rng(1)
     windows = [rng.standard_normal((2, 6 * cfg.sample_rate)).astype(np.float16) * 0.1 for _ in range(2)]
-    labels = [sp.encode(Recording("a", "european_robin")), sp.encode(Recording("b", "siberian_jay"))]
+    labels = [sp.encode(LabelledRecording("a", "european_robin")), sp.encode(LabelledRecording("b", "siberian_jay"))]
     noise = [rng.standard_normal(cfg.sample_rate).astype(np.float16)]
     ds = WindowDataset(windows, labels, cfg, AugmentConfig(), noise, seed=3)
     assert len(ds) == 4

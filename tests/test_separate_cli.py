@@ -202,9 +202,9 @@ def test_cli_block_defaults_are_the_library_defaults():
     from birdsep.separation.apply import BlockSettings
 
     a = build_parser().parse_args(["separate", "x.wav"])
-    assert (a.block, a.overlap, a.precision, a.device) == (BlockSettings().block_seconds, BlockSettings().overlap,
-                                                            "auto", "auto")
-    assert (SeparateOptions().block_seconds, SeparateOptions().overlap) == (a.block, a.overlap)
+    assert (a.block_seconds, a.overlap, a.precision, a.device) == (BlockSettings().block_seconds,
+                                                                    BlockSettings().overlap, "auto", "auto")
+    assert (SeparateOptions().block_seconds, SeparateOptions().overlap) == (a.block_seconds, a.overlap)
 
 
 def test_precision_choices_recorded(data_dir, tmp_path):

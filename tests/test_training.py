@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from birdsep import training
-from birdsep.cli import build_parser
+from birdsep.cli import build_parser, options_from
 from birdsep.errors import UsageError
 
 
@@ -12,11 +12,11 @@ from birdsep.errors import UsageError
                                          ("train-classifier", training.ClassifierTrainOptions)])
 def test_flags_give_the_options_defaults(command, cls):
     a = build_parser().parse_args([command, "data", "-o", "run"])
-    opts = training.options_from(cls, a)
+    opts = options_from(cls, a)
     assert opts == cls(out="run")  # every default of the command line is the options' default
     a = build_parser().parse_args([command, "data", "--out", "run", "--steps", "7", "--devices", "0,1",
                                    "--strategy", "ddp", "--num-nodes", "2", "--precision", "bf16", "-q"])
-    opts = training.options_from(cls, a)
+    opts = options_from(cls, a)
     assert (opts.steps, opts.devices, opts.strategy, opts.num_nodes, opts.progress) == (7, "0,1", "ddp", 2, False)
     assert training.parse_devices(opts.devices) == [0, 1] and training.parse_devices("2") == 2
     assert training.PRECISION_ALIASES[opts.precision] == "bf16-mixed"

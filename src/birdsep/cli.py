@@ -1,15 +1,24 @@
-"""Command line: argument parsing only. Each command hands its arguments to one API or
-pipeline function; no traceback reaches the user (known failures print one line and exit 2).
+"""The command line: argument parsing only.
+
+Each command hands its arguments to one API or pipeline function, imported when the command
+runs (so that ``birdsep --help`` and ``birdsep evaluate`` never import PyTorch). No traceback
+reaches the user: an :class:`~birdsep.errors.InputError` prints one line and exits 2; a batch
+exits 1 if any file failed. Flags renamed in this release keep their old spelling, hidden, for
+one more release (:func:`old_name`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-from birdsep import training
+from birdsep import __version__, training
 from birdsep.errors import InputError, UsageError
 from birdsep.separation import runtime
+
+DESCRIPTION = ("Separate bird songs out of field recordings with unsupervised mixture invariant training (MixIT), "
+               "and classify species from the mix and its separated tracks.")
 
 
 class _OldName(argparse.Action):
@@ -26,25 +35,76 @@ class _OldName(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
-def _old_name(p, old: str, new: str, **kw) -> None:
+def old_name(p, old: str, new: str, **kw) -> None:
+    """Keep ``old`` working as a hidden alias of the flag now called ``new`` (same ``dest``)."""
     p.add_argument(old, action=_OldName, new=new, **kw)
+
+
+def options_from(cls, args, **values):
+    """The options dataclass ``cls`` from parsed ``args``: each field takes the value of the flag
+    whose ``dest`` is its name (lists become tuples); ``values`` set or override fields."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}, **values})
+
+
+def _quiet_flag(p) -> None:
+    p.add_argument("-q", "--quiet", dest="progress", action="store_false", help="no progress bar")
+
+
+def _batch_summary(verb: str, s, out: str) -> int:
+    """The last line of a batch command that writes into a folder; exit code 1 if any file failed."""
+    print(f"{verb} {len(s.done)} file(s) ({s.hours:.2f} h) into {out}; {len(s.skipped)} already done; "
+          f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
+    return s.exit_code
+
+
+def _printed_summary(command: str, s) -> int:
+    """The last line (stderr) of a command that prints a table; exit code 1 if any file failed."""
+    if s.failed:
+        print(f"birdsep {command}: {len(s.failed)} file(s) failed", file=sys.stderr)
+    return s.exit_code
 
 
 # --------------------------------------------------------------------------- separation
 
 
-def _batch_summary(verb: str, s, out: str) -> int:
-    """The last line of a batch command; exit code 1 if any file failed."""
-    print(f"{verb} {len(s.done)} file(s) ({s.hours:.2f} h) into {out}; {len(s.skipped)} already done; "
-          f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
-    return 1 if s.failed else 0
+def _add_separate(sub) -> None:
+    p = sub.add_parser("separate", help="split recordings into per-source tracks",
+                       description="Split recordings into per-source tracks (OUT/<name>/source_k.<format>, "
+                                   "separation.json, optionally a picture and a video).")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
+    p.add_argument("-o", "--out", default="separated", help="output folder (default: ./separated)")
+    p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
+    p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
+    p.add_argument("--block", dest="block_seconds", type=float, default=12.0,
+                   help="block length in seconds for long files (default 12)")
+    p.add_argument("--block-overlap", dest="overlap", type=float, default=0.125,
+                   help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
+    old_name(p, "--overlap", "--block-overlap", dest="overlap", type=float)
+    runtime.add_flags(p)
+    p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
+    p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    _quiet_flag(p)
+
+    def run(a):
+        from birdsep.pipeline import SeparateOptions, separate_batch
+
+        if a.sample_rate != "native" and not a.sample_rate.isdigit():
+            raise UsageError(f"--sample-rate must be 'native' or a number of Hz, not {a.sample_rate!r}")
+        if not 0 < a.overlap <= 0.5 or a.block_seconds <= 0:
+            raise UsageError("--block must be positive and --block-overlap in (0, 0.5]")
+        s = separate_batch(a.inputs, options_from(SeparateOptions, a, plot=a.plot or a.video))
+        return _batch_summary("separated", s, a.out)
+
+    p.set_defaults(func=run)
 
 
 def _add_train_separator(sub) -> None:
-    Options = training.SeparatorTrainOptions
     p = sub.add_parser("train-separator", help="train a MixIT separator on unlabelled recordings")
     p.add_argument("data", nargs="+", help="audio files or folders (recursive)")
-    training.add_flags(p, Options)
+    training.add_flags(p, training.SeparatorTrainOptions)
     p.add_argument("--preset", default="small", help="model size: small | paper | stft (default small)")
     p.add_argument("--sources", type=int, default=None, help="number of output sources M (default: the preset's)")
     p.add_argument("--clip-seconds", type=float, default=None, help="mixture length (default: the preset's)")
@@ -61,7 +121,7 @@ def _add_train_separator(sub) -> None:
         from birdsep.separation.train import train_separator
 
         globs = [g for f in a.exclude_from for g in read_list(f, "exclude list")]
-        train_separator(a.data, training.options_from(Options, a, exclude=tuple(a.exclude + globs)))
+        train_separator(a.data, options_from(training.SeparatorTrainOptions, a, exclude=tuple(a.exclude + globs)))
         return 0
 
     p.set_defaults(func=run)
@@ -75,13 +135,14 @@ def _add_eval_separator(sub) -> None:
     p.add_argument("--clip-seconds", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    _quiet_flag(p)
 
     def run(a):
         from birdsep.separation.evaluate import evaluate_separator
 
         report = evaluate_separator(a.data, model=a.model, mixtures=a.mixtures, clip_seconds=a.clip_seconds,
-                                    seed=a.seed, json_path=a.json, threads=a.threads)
+                                    seed=a.seed, json_path=a.json, threads=a.threads, progress=a.progress)
         print(report.table())
         return 0
 
@@ -92,10 +153,10 @@ def _add_eval_separator(sub) -> None:
 
 
 def _add_train_classifier(sub) -> None:
-    Options = training.ClassifierTrainOptions
     p = sub.add_parser("train-classifier", help="train the taxonomic bird classifier on weakly labelled recordings")
     p.add_argument("data", help="a folder with one sub-folder per species, or a CSV (file, primary, background)")
-    training.add_flags(p, Options)
+    training.add_flags(p, training.ClassifierTrainOptions)
+    old_name(p, "--no-progress", "--quiet", dest="progress", const=False)
     p.add_argument("--noise", nargs="+", action="extend", default=[], metavar="DIR",
                    help="folders of noise / non-bird recordings for the noise augmentations")
     p.add_argument("--species-list", default=None, metavar="FILE",
@@ -107,12 +168,11 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--max-windows", type=int, default=5, help="activity windows per recording (default 5)")
     p.add_argument("--no-augment", action="append", default=[], metavar="NAME",
                    help="switch off an augmentation: crop, gain, mix, noise, noise-only, lowpass (repeatable)")
-    _old_name(p, "--no-progress", "--quiet", dest="progress", const=False)
 
     def run(a):
         from birdsep.classification.train import train_classifier
 
-        train_classifier(a.data, training.options_from(Options, a))
+        train_classifier(a.data, options_from(training.ClassifierTrainOptions, a))
         return 0
 
     p.set_defaults(func=run)
@@ -121,14 +181,17 @@ def _add_train_classifier(sub) -> None:
 def _add_classify_clips(sub) -> None:
     p = sub.add_parser("classify-clips", help="per-species probabilities for each 5 s window of audio files")
     p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a train-classifier run directory")
+    p.add_argument("--classifier", metavar="RUN_DIR", help="a train-classifier run directory (required)")
+    old_name(p, "--model", "--classifier", dest="classifier")  # not `required=`: argparse would miss the old name
     p.add_argument("--top", type=int, default=None, metavar="K", help="print only the K most probable species")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
 
     def run(a):
         from birdsep.classification.infer import classify_clips
 
-        return classify_clips(a.model, a.files, top=a.top, threads=a.threads)
+        if not a.classifier:
+            raise UsageError("--classifier RUN_DIR is required")
+        return _printed_summary("classify-clips", classify_clips(a.classifier, a.files, top=a.top, threads=a.threads))
 
     p.set_defaults(func=run)
 
@@ -136,45 +199,16 @@ def _add_classify_clips(sub) -> None:
 def _add_detect_activity(sub) -> None:
     p = sub.add_parser("detect-activity", help="the 6 s windows of peak activity in each recording")
     p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
-    p.add_argument("--windows", type=int, default=5, help="at most this many windows per file (default 5)")
-    p.add_argument("--seconds", type=float, default=6.0, help="window length (default 6)")
+    p.add_argument("--max-windows", type=int, default=5, help="at most this many windows per file (default 5)")
+    old_name(p, "--windows", "--max-windows", dest="max_windows", type=int)
+    p.add_argument("--window", type=float, default=6.0, help="window length in seconds (default 6)")
+    old_name(p, "--seconds", "--window", dest="window", type=float)
 
     def run(a):
-        from birdsep.activity import detect_activity_files
+        from birdsep.classification.activity import detect_activity_files
 
-        return detect_activity_files(a.files, window_seconds=a.seconds, max_windows=a.windows)
-
-    p.set_defaults(func=run)
-
-
-def _add_separate(sub) -> None:
-    p = sub.add_parser("separate", help="split recordings into per-source tracks")
-    p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
-    p.add_argument("-o", "--out", default="separated", help="output folder (default: ./separated)")
-    p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
-    p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
-    p.add_argument("--block", type=float, default=12.0, help="block length in seconds for long files (default 12)")
-    p.add_argument("--overlap", type=float, default=0.125,
-                   help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
-    runtime.add_flags(p)
-    p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
-    p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    def run(a):
-        from birdsep.pipeline import SeparateOptions, separate_batch
-
-        if a.sample_rate != "native" and not a.sample_rate.isdigit():
-            raise UsageError(f"--sample-rate must be 'native' or a number of Hz, not {a.sample_rate!r}")
-        if not 0 < a.overlap <= 0.5 or a.block <= 0:
-            raise UsageError("--block must be positive and --overlap in (0, 0.5]")
-        opts = SeparateOptions(out=a.out, model=a.model, sample_rate=a.sample_rate, block_seconds=a.block,
-                               overlap=a.overlap, device=a.device, precision=a.precision, plot=a.plot or a.video,
-                               video=a.video, jobs=a.jobs, threads=a.threads, progress=not a.quiet)
-        s = separate_batch(a.inputs, opts)
-        return _batch_summary("separated", s, a.out)
+        s = detect_activity_files(a.files, window_seconds=a.window, max_windows=a.max_windows)
+        return _printed_summary("detect-activity", s)
 
     p.set_defaults(func=run)
 
@@ -200,17 +234,12 @@ def _add_classify(sub) -> None:
     runtime.add_flags(p)
     p.add_argument("-j", "--jobs", type=int, default=1, help="files classified in parallel")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _quiet_flag(p)
 
     def run(a):
         from birdsep.detect import ClassifyOptions, classify_batch
 
-        opts = ClassifyOptions(out=a.out, classifier=a.classifier, mode=a.mode, window=a.window, overlap=a.overlap,
-                               min_conf=a.min_conf, species_list=a.species_list, model=a.model, device=a.device,
-                               precision=a.precision, jobs=a.jobs,
-                               threads=a.threads, progress=not a.quiet)
-        s = classify_batch(a.inputs, opts)
-        return _batch_summary("classified", s, a.out)
+        return _batch_summary("classified", classify_batch(a.inputs, options_from(ClassifyOptions, a)), a.out)
 
     p.set_defaults(func=run)
 
@@ -240,7 +269,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--root", action="append", default=[], metavar="DIR",
                    help="a folder of recordings the page may open (repeatable); nothing else on disk is readable")
-    p.add_argument("--out", default=".", metavar="DIR",
+    p.add_argument("-o", "--out", default=".", metavar="DIR",
                    help="where results go (default: the current folder: separated/ and detections/, "
                         "as birdsep separate and classify write them)")
     p.add_argument("--classifier", action="append", default=None, metavar="birdnet|RUN_DIR",
@@ -266,9 +295,11 @@ COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="birdsep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="birdsep", description=DESCRIPTION,
+                                     epilog="`birdsep COMMAND --help` lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"birdsep {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser

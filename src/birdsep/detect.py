@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from birdsep import audio, files
-from birdsep.batch import BatchSummary, run_batch
+from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.errors import UsageError
 from birdsep.outputs import Detection, write_audacity, write_csv, write_raven
 from birdsep.separation import runtime
@@ -275,9 +275,11 @@ class Detector:
         return fs.spans[-1][1]
 
 
-def _detector_worker(opts: ClassifyOptions, rt: Runtime):
+def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | None = None):
+    """Load the classifier (and separator) once per process; return work(path, base, progress) -> Done."""
     runtime.tune_allocator()
-    return Detector(opts, rt).run
+    detector = detector or Detector(opts, rt)
+    return lambda path, base, progress: Done(detector.run(path, base, progress=progress))
 
 
 def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
@@ -287,7 +289,6 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
         import torch
 
         torch.set_num_threads(opts.threads)
-    runtime.tune_allocator()
     detector = Detector(opts)  # a bad classifier, separator, species list or device fails here, before any file
     out = Path(opts.out)
     jobs = max(1, opts.jobs)
@@ -295,4 +296,5 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
     return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=is_done,
                      make_worker=_detector_worker, worker_args=(worker_opts, detector.rt), jobs=jobs, threads=threads,
-                     progress=opts.progress, verb="classifying", past="classified", work=detector.run)
+                     progress=opts.progress, verb="classifying", past="classified",
+                     work=_detector_worker(worker_opts, detector.rt, detector))

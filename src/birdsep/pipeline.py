@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 
 from birdsep import __version__, audio, files
-from birdsep.batch import BatchSummary, run_batch
+from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.errors import AudioError, UsageError
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
@@ -292,12 +292,13 @@ def plot_folder(folder: Path) -> Path:
 
 
 def _separator_worker(model_folder: str, opts: SeparateOptions, rt: Runtime, model=None):
-    """Load the model once per process; return work(path, folder) -> seconds of audio."""
+    """Load the model once per process; return work(path, folder, progress) -> Done."""
     from birdsep.pretrained import load_model
 
     runtime.tune_allocator()
     model = model or load_model(model_folder, rt.device)
-    return lambda path, folder: separate_file(path, folder, model, opts, rt, model_folder)["duration_s"]
+    return lambda path, folder, progress: Done(separate_file(path, folder, model, opts, rt, model_folder,
+                                                             progress)["duration_s"])
 
 
 def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:

@@ -5,8 +5,8 @@
   accelerator, devices, strategy and nodes); :class:`SeparatorTrainOptions` and
   :class:`ClassifierTrainOptions` extend it (kept here, free of PyTorch, so that the command
   line can show their defaults without importing it).
-* :func:`add_flags` puts those options on a command's parser, :func:`options_from` reads them
-  back (and the trainer's own flags) into the trainer's options class.
+* :func:`add_flags` puts those options on a command's parser (``birdsep.cli.options_from``
+  reads them back, with the trainer's own flags, into the trainer's options class).
 * :func:`start` settles a run folder (refusing to overwrite a run without ``--resume``),
   threads and Lightning's chatter; :func:`find_checkpoint` is the one place a resumed run
   finds the checkpoint it continues from; :func:`make_trainer` builds every ``Trainer`` with
@@ -21,9 +21,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from birdsep.classification.augment import AugmentConfig
 from birdsep.errors import UsageError
+
+if TYPE_CHECKING:
+    from birdsep.classification.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,13 @@ class ClassifierTrainOptions(TrainOptions):
     ensemble: int = 1
     no_augment: tuple[str, ...] = ()
     max_windows: int = 5
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=lambda: _augment_config())
+
+
+def _augment_config() -> AugmentConfig:
+    from birdsep.classification.augment import AugmentConfig  # NumPy: not at import time
+
+    return AugmentConfig()
 
 
 def add_flags(p, defaults: type[TrainOptions]) -> None:
@@ -100,14 +109,6 @@ def add_flags(p, defaults: type[TrainOptions]) -> None:
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (Lightning)")
     p.add_argument("-q", "--quiet", dest="progress", action="store_false", help="no progress bar")
-
-
-def options_from(cls: type[TrainOptions], args, **values):
-    """``cls`` from a parsed namespace (a field takes the flag of its name; lists become
-    tuples); ``values`` set or override fields."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
-    return cls(**{**given, **values})
 
 
 # ----------------------------------------------------------------------------- a run

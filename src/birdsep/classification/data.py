@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from birdsep import files
-from birdsep.activity import MAX_WINDOWS, WINDOW_SECONDS, detect_activity
+from birdsep.classification.activity import MAX_WINDOWS, WINDOW_SECONDS, detect_activity
 from birdsep.audio import load
 from birdsep.classification import augment as aug
 from birdsep.classification.model import HEADS, ClassifierConfig
@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Recording:
+class LabelledRecording:
     path: Path
     primary: str
     background: tuple[str, ...] = ()
 
 
-def read_labelled(data: str | os.PathLike) -> list[Recording]:
+def read_labelled(data: str | os.PathLike) -> list[LabelledRecording]:
     """Recordings of a species-per-folder tree or a labels CSV (see module doc)."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".csv":
@@ -49,13 +49,13 @@ def read_labelled(data: str | os.PathLike) -> list[Recording]:
         raise UsageError.of(data, "training data must be a folder of species folders or a labels CSV")
     recs = []
     for sub in sorted(p for p in data.iterdir() if p.is_dir()):  # symlinked folders count too
-        recs.extend(Recording(f, sub.name) for f, _ in find_audio([sub]))
+        recs.extend(LabelledRecording(f, sub.name) for f, _ in find_audio([sub]))
     if not recs:
         raise UsageError.of(data, "no audio files inside species folders")
     return recs
 
 
-def _read_csv(path: Path) -> list[Recording]:
+def _read_csv(path: Path) -> list[LabelledRecording]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -74,7 +74,7 @@ def _read_csv(path: Path) -> list[Recording]:
         if f.suffix.lower() not in AUDIO_EXTENSIONS:
             log.warning("%s: skipped (not an audio file name)", f)
             continue
-        recs.append(Recording(f, row[pcol].strip(), bg))
+        recs.append(LabelledRecording(f, row[pcol].strip(), bg))
     return recs
 
 
@@ -90,7 +90,7 @@ class LabelSpace:
         self.index = {h: {name: i for i, name in enumerate(getattr(cfg, h))} for h in ("species",) + LEVELS}
 
     @classmethod
-    def build(cls, recordings: list[Recording], targets: list[str] | None, taxonomy: Taxonomy,
+    def build(cls, recordings: list[LabelledRecording], targets: list[str] | None, taxonomy: Taxonomy,
               **config) -> tuple["LabelSpace", ClassifierConfig]:
         species = list(targets) if targets else sorted({r.primary for r in recordings})
         all_species = species + sorted({s for r in recordings for s in (r.primary, *r.background)} - set(species))
@@ -109,7 +109,7 @@ class LabelSpace:
             out[f"m_{h}"] = np.full(n, mask, np.float32)
         return out
 
-    def encode(self, rec: Recording) -> dict[str, np.ndarray]:
+    def encode(self, rec: LabelledRecording) -> dict[str, np.ndarray]:
         """Targets ``y_<head>`` and masks ``m_<head>`` for one recording."""
         lab = self.empty(1.0)
         lab["y_bird"][:] = 1.0

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import TextIO
 
 import numpy as np
 import torch
 
+from birdsep.audio import MIN_SECONDS, load
+from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.classification import model as M
 
 
@@ -43,57 +44,53 @@ def window_logits(model: M.Ensemble, x: np.ndarray, batch_size: int = 8) -> tupl
     return {k: np.concatenate(v) for k, v in parts.items()}, spans
 
 
+def clip_probabilities(model: M.Ensemble, x: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+    """(T,) audio at the model's rate → (spans [(start_s, end_s)] × N, bird (N,), species (N, S)),
+    sigmoid probabilities per window of the model's length."""
+    logits, spans = window_logits(model, x)
+    return spans, _sigmoid(logits["bird"][:, 0]), _sigmoid(logits["species"])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def classify_clips(model_dir: str | os.PathLike, inputs: list[str | os.PathLike], *, top: int | None = None,
-                   threads: int | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The ``classify-clips`` command; returns the exit code (1 if any file failed).
+                   threads: int | None = None, stream: TextIO | None = None) -> BatchSummary:
+    """``birdsep classify-clips``: CSV on ``stream`` (stdout), through the batch runner.
 
-    Prints CSV: ``file,start_s,end_s,bird,<species 1>,…`` with sigmoid probabilities per 5 s
-    window; with ``top`` = K instead ``file,start_s,end_s,rank,species,probability`` for the
-    K most probable species. A file that cannot be read gets one line on ``err``.
+    ``file,start_s,end_s,bird,<species 1>,…`` with sigmoid probabilities per 5 s window; with
+    ``top`` = K instead ``file,start_s,end_s,rank,species,probability`` for the K most probable
+    species. A file that cannot be read gets one line on stderr and the others go on.
     """
-    from birdsep.audio import load
-    from birdsep.errors import AudioError, InputError
-    from birdsep.files import find_audio
-
-    out, err = out or sys.stdout, err or sys.stderr
     if threads:
         torch.set_num_threads(threads)
-    model = M.load(model_dir)
+    model = M.load(model_dir)  # a bad run directory fails here, before any file
     species = model.cfg.species
-    failed = 0
-    files = []
-    for item in inputs:
-        try:
-            files.extend(f for f, _ in find_audio([item]))
-        except InputError as exc:
-            print(f"birdsep classify-clips: error: {exc}", file=err)
-            failed += 1
-    if top:
-        print("file,start_s,end_s,rank,species,probability", file=out)
-    else:
-        print(",".join(["file", "start_s", "end_s", "bird", *map(_csv_field, species)]), file=out)
-    for f in files:
-        try:
-            x, _ = load(f, model.cfg.sample_rate, min_duration=0.05)
-        except AudioError as exc:
-            print(f"birdsep classify-clips: error: {exc}", file=err)
-            failed += 1
-            continue
-        logits, spans = window_logits(model, x)
-        prob = 1.0 / (1.0 + np.exp(-logits["species"]))
-        bird = 1.0 / (1.0 + np.exp(-logits["bird"][:, 0]))
-        name = _csv_field(str(f))
+    header = ("file,start_s,end_s,rank,species,probability" if top
+              else ",".join(["file", "start_s", "end_s", "bird", *map(_csv_field, species)]))
+    return run_batch([str(i) for i in inputs], None, make_worker=_clips_worker, worker_args=(model_dir, top),
+                     work=_clips_worker(model_dir, top, model), progress=False, header=header, stream=stream,
+                     prefix="birdsep classify-clips: ")
+
+
+def _clips_worker(model_dir, top: int | None, model: M.Ensemble | None = None):
+    model = model or M.load(model_dir)
+    species = model.cfg.species
+
+    def work(path, target, progress) -> Done:
+        x, _ = load(path, model.cfg.sample_rate, min_duration=MIN_SECONDS)
+        spans, bird, prob = clip_probabilities(model, x)
+        name, lines = _csv_field(str(path)), []
         for i, (s, e) in enumerate(spans):
             if top:
-                for r, j in enumerate(np.argsort(-prob[i])[:top], 1):
-                    print(f"{name},{s:.2f},{e:.2f},{r},{_csv_field(species[j])},{prob[i, j]:.4f}", file=out)
+                lines += [f"{name},{s:.2f},{e:.2f},{r},{_csv_field(species[j])},{prob[i, j]:.4f}"
+                          for r, j in enumerate(np.argsort(-prob[i])[:top], 1)]
             else:
-                print(",".join([name, f"{s:.2f}", f"{e:.2f}", f"{bird[i]:.4f}", *(f"{p:.4f}" for p in prob[i])]),
-                      file=out)
-        out.flush()
-    if failed:
-        print(f"birdsep classify-clips: {failed} file(s) failed", file=err)
-    return 1 if failed else 0
+                lines.append(",".join([name, f"{s:.2f}", f"{e:.2f}", f"{bird[i]:.4f}", *(f"{p:.4f}" for p in prob[i])]))
+        return Done(len(x) / model.cfg.sample_rate, tuple(lines))
+
+    return work
 
 
 def _csv_field(s: str) -> str:

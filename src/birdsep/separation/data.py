@@ -33,7 +33,7 @@ QUIET_WEIGHT = 0.1  # relative chance of drawing a window that is not active
 
 
 @dataclass
-class Recording:
+class ScannedRecording:
     path: str
     sample_rate: int
     frames: int
@@ -44,7 +44,7 @@ class Recording:
         return self.frames / self.sample_rate
 
 
-def scan(path: str | os.PathLike) -> Recording:
+def scan(path: str | os.PathLike) -> ScannedRecording:
     """Read a file once, block by block, for its energy profile. Raises :class:`AudioError`."""
     meta = audio.info(path)
     if meta.duration < MIN_SECONDS:
@@ -67,7 +67,7 @@ def scan(path: str | os.PathLike) -> Recording:
         raise AudioError(path, f"too short ({frames / meta.sample_rate:.2f} s < {MIN_SECONDS:g} s)")
     if not db or max(db) < SILENT_DB:
         raise AudioError(path, f"silent (loudest {FRAME_SECONDS:g} s frame below {SILENT_DB:g} dBFS)")
-    return Recording(str(path), meta.sample_rate, frames, [round(v, 2) for v in db])
+    return ScannedRecording(str(path), meta.sample_rate, frames, [round(v, 2) for v in db])
 
 
 def collect(inputs: list[str], exclude: tuple[str, ...] = ()) -> list[Path]:
@@ -83,7 +83,7 @@ def collect(inputs: list[str], exclude: tuple[str, ...] = ()) -> list[Path]:
 class RecordingIndex:
     """The usable recordings of a corpus with their energy profiles (optionally cached as JSON)."""
 
-    def __init__(self, recordings: list[Recording], skipped: list[str]):
+    def __init__(self, recordings: list[ScannedRecording], skipped: list[str]):
         self.recordings = recordings
         self.skipped = skipped
 
@@ -114,7 +114,7 @@ class RecordingIndex:
                 skipped.append(f"{f}: {entry['error']}")
                 log.warning("skipping %s: %s", f, entry["error"])
             else:
-                recordings.append(Recording(**entry))
+                recordings.append(ScannedRecording(**entry))
         if cache is not None:
             write_text(cache, json.dumps(fresh))
         return cls(recordings, skipped)
@@ -163,7 +163,7 @@ class WindowSampler:
             x = np.pad(x, (off, self.length - len(x) - off))
         return x[: self.length]
 
-    def read(self, rec: Recording, start: float) -> np.ndarray:
+    def read(self, rec: ScannedRecording, start: float) -> np.ndarray:
         first = int(start * rec.sample_rate)
         n = int(math.ceil(self.seconds * rec.sample_rate)) + 1
         try:

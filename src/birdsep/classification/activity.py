@@ -11,12 +11,15 @@ its loudest frame.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
 from scipy.signal import find_peaks_cwt
+
+from birdsep.audio import MIN_SECONDS, load
+from birdsep.batch import BatchSummary, Done, run_batch
+from birdsep.errors import UsageError
 
 #: Detector settings, one source of truth for training and the CLI.
 WINDOW_SECONDS = 6.0
@@ -92,44 +95,23 @@ def detect_activity(
     return chosen
 
 
-def detect_activity_files(
-    inputs: list[str | os.PathLike], *, window_seconds: float = WINDOW_SECONDS, max_windows: int = MAX_WINDOWS,
-    out: TextIO | None = None, err: TextIO | None = None,
-) -> int:
-    """The ``detect-activity`` command: one tab-separated line per window; returns the exit code.
-
-    Columns: file, rank, start_s, end_s, energy. A file that cannot be read gets one line on
-    ``err`` and the batch goes on; the result is 1 if any file failed.
-    """
-    from birdsep.audio import load
-    from birdsep.errors import AudioError, InputError
-    from birdsep.files import find_audio
-
-    out = out or sys.stdout
-    err = err or sys.stderr
+def detect_activity_files(inputs: list[str | os.PathLike], *, window_seconds: float = WINDOW_SECONDS,
+                          max_windows: int = MAX_WINDOWS, stream: TextIO | None = None) -> BatchSummary:
+    """``birdsep detect-activity``: one tab-separated line per window (file, rank, start_s,
+    end_s, energy) on ``stream`` (stdout), through the batch runner: a file that cannot be read
+    gets one line on stderr and the others go on."""
     if max_windows < 1 or window_seconds <= 0:
-        from birdsep.errors import UsageError
+        raise UsageError("--max-windows must be at least 1 and --window positive")
+    return run_batch([str(i) for i in inputs], None, make_worker=_activity_worker,
+                     worker_args=(window_seconds, max_windows), progress=False,
+                     header="file\trank\tstart_s\tend_s\tenergy", stream=stream, prefix="birdsep detect-activity: ")
 
-        raise UsageError("--windows must be at least 1 and --seconds positive")
-    failed = 0
-    files: list = []
-    for item in inputs:
-        try:
-            files.extend(f for f, _ in find_audio([item]))
-        except InputError as exc:
-            print(f"birdsep detect-activity: error: {exc}", file=err)
-            failed += 1
-    print("file\trank\tstart_s\tend_s\tenergy", file=out)
-    for f in files:
-        try:
-            x, sr = load(f, min_duration=0.05)
-        except AudioError as exc:
-            print(f"birdsep detect-activity: error: {exc}", file=err)
-            failed += 1
-            continue
-        for rank, w in enumerate(detect_activity(x, sr, window_seconds, max_windows), 1):
-            print(f"{f}\t{rank}\t{w.start:.2f}\t{w.end:.2f}\t{w.energy:.1f}", file=out)
-        out.flush()
-    if failed:
-        print(f"birdsep detect-activity: {failed} file(s) failed", file=err)
-    return 1 if failed else 0
+
+def _activity_worker(window_seconds: float, max_windows: int):
+    def work(path, target, progress) -> Done:
+        x, sr = load(path, min_duration=MIN_SECONDS)
+        wins = detect_activity(x, sr, window_seconds, max_windows)
+        return Done(len(x) / sr, tuple(f"{path}\t{rank}\t{w.start:.2f}\t{w.end:.2f}\t{w.energy:.1f}"
+                                        for rank, w in enumerate(wins, 1)))
+
+    return work
