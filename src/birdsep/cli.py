@@ -149,6 +149,18 @@ def _add_eval_separator(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped separators with their MoMi and training facts")
+
+    def run(a):
+        from birdsep.pretrained import models_table
+
+        print(models_table())
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -291,7 +303,7 @@ def _add_serve(sub) -> None:
 
 
 COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train_classifier, _add_classify_clips,
-            _add_detect_activity, _add_classify, _add_evaluate, _add_serve]
+            _add_detect_activity, _add_classify, _add_evaluate, _add_serve, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

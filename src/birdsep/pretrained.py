@@ -2,6 +2,7 @@
 bundled example recording (also the probe ``--precision auto`` measures on)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from birdsep.errors import UsageError
@@ -16,14 +17,31 @@ EXAMPLE_RECORDING = Path(__file__).parent / "examples" / "jura_forest_dawn.flac"
 PROBE_START = 2.0  # s into the example (10 s long; several birds singing)
 
 
+CARD_NAME = "card.json"  # a shipped model's measured quality and training facts
+
+
+def shipped(name: str) -> Path | None:
+    """The folder of the shipped model called ``name`` (its folder name, with or without the
+    ``separator_`` prefix), or None."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    for candidate in (MODELS / name, MODELS / f"separator_{name}"):
+        if has_weights(candidate):
+            return candidate
+    return None
+
+
 def resolve(path: str | Path | None) -> Path:
-    """A model folder: ``None`` → the shipped default; a run directory or model folder as given."""
+    """A model folder: ``None`` → the shipped default; a shipped model's name (``birdsep
+    models`` lists them); or a run directory / model folder as given."""
     folder = DEFAULT_SEPARATOR if path is None else Path(path)
+    if path is not None and not folder.exists():
+        folder = shipped(str(path)) or folder
     if folder.is_file() and folder.name in (WEIGHTS_NAME, CONFIG_NAME):
         folder = folder.parent
     if not has_weights(folder):
         raise UsageError(f"{folder}: no model here (expected {WEIGHTS_NAME} and {CONFIG_NAME}; "
-                         "a run directory has them after its first checkpoint)")
+                         "a run directory has them after its first checkpoint; `birdsep models` lists the shipped ones)")
     return folder
 
 
@@ -63,6 +81,38 @@ def shipped_separators() -> list[dict]:
             cfg = read_config(folder, "separator")
         except UsageError:  # not a separator (or not a model at all)
             continue
+        card = {}
+        if (folder / CARD_NAME).is_file():
+            try:
+                card = json.loads((folder / CARD_NAME).read_text())
+            except (OSError, ValueError):
+                card = {}
         found.append({"name": folder.name, "path": str(folder), "sources": int(cfg.get("num_sources", 0)),
-                      "sample_rate": int(cfg.get("sample_rate", 0)), "default": folder == DEFAULT_SEPARATOR})
+                      "sample_rate": int(cfg.get("sample_rate", 0)), "default": folder == DEFAULT_SEPARATOR,
+                      "config": cfg, "card": card})
     return sorted(found, key=lambda d: (not d["default"], d["sources"], d["name"]))
+
+
+def models_table() -> str:
+    """``birdsep models``: the shipped separators, their design, held-out MoMi and training."""
+    rows = [("name", "M", "kHz", "basis", "MoMi (held-out species)", "track purity", "training")]
+    for m in shipped_separators():
+        cfg, card = m["config"], m["card"]
+        momi = card.get("momi_heldout_db")
+        ci = card.get("momi_heldout_ci")
+        train = card.get("training", {})
+        rows.append((
+            m["name"] + (" (default)" if m["default"] else ""), str(m["sources"]), f"{m['sample_rate'] / 1000:g}",
+            f"{cfg.get('basis', 'learned')} {cfg.get('window_ms', 0):g}/{cfg.get('hop_ms', 0):g} ms",
+            "–" if momi is None else f"{momi:.2f} dB" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+            "–" if card.get("track_purity") is None else f"{card['track_purity']:.2f}",
+            ", ".join(x for x in (
+                f"{train['steps']} steps" if train.get("steps") else "",
+                f"{train['cpu_hours']:.1f} CPU-h" if train.get("cpu_hours") else "",
+                f"{train['audio_hours']:.2f} h of audio" if train.get("audio_hours") else "") if x) or "–",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    evals = sorted({m["card"]["eval"] for m in shipped_separators() if m["card"].get("eval")})
+    return "\n".join(lines + [""] + [f"MoMi: {e}" for e in evals] + ["--model takes a name above, a model folder or a run directory."])
