@@ -56,7 +56,7 @@ def test_sources_sum_to_input_high_rate_stereo(data_dir, tmp_path):
     assert main(["separate", str(src), "-o", str(tmp_path / "a"), "-q"]) == 0
     meta, total, tracks = read_sum(tmp_path / "a" / src.stem)
     x, sr = audio.load(src)
-    assert meta["output_sample_rate"] == sr == 32000 and meta["high_band"] == "high_band.wav"
+    assert meta["output_sample_rate"] == sr == 32000 and meta["high_band"] == "high_band.flac"  # the default: 24-bit FLAC
     np.testing.assert_allclose(total, x, atol=2e-4)
     assert len(tracks) == meta["model_config"]["num_sources"] + 1
 
@@ -236,3 +236,36 @@ def test_cuda_without_a_gpu_is_one_line_up_front(tmp_path, capsys, monkeypatch):
         assert err == [f"birdsep {command}: error: --device cuda asked for, but no CUDA device is available "
                        "(use --device cpu or auto)"]
         assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt,bits,tolerance", [("flac", 24, 2.0 ** -24 + 1e-6), ("flac", 16, 2.0 ** -16 + 1e-6),
+                                                ("wav", 16, 2.0 ** -16 + 1e-6), ("wav", 32, 1e-5)])
+def test_track_formats_sum_to_the_input_within_their_precision(data_dir, tmp_path, fmt, bits, tolerance):
+    """Sources + high band, as stored, sum to the input within half a step of --bits (plus float
+    rounding of the sum), because the high band is computed from the quantised sources."""
+    src = data_dir / "soundscapes" / "annotated" / "Recording_1_Segment_07-first10s.flac"
+    out = tmp_path / fmt
+    assert main(["separate", str(src), "-o", str(out), "-q", "--format", fmt, "--bits", str(bits)]) == 0
+    meta, total, _ = read_sum(out / src.stem)
+    x, _ = audio.load(src)
+    assert (meta["settings"]["format"], meta["settings"]["bits"], meta["clipped_samples"]) == (fmt, bits, 0)
+    files = [s["file"] for s in meta["sources"]] + [meta["high_band"]]
+    assert all(f.endswith(f".{fmt}") and sf.info(out / src.stem / f).subtype == audio.TRACK_SUBTYPES[fmt][bits]
+               for f in files)
+    assert np.abs(total - x).max() <= tolerance
+
+
+def test_flac_32_bits_is_refused_up_front(tmp_path, capsys):
+    assert main(["separate", str(EXAMPLE_RECORDING), "-o", str(tmp_path / "o"), "--bits", "32", "-q"]) == 2
+    assert "needs --format wav" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_separate_needs_no_training_extras(tmp_path):
+    """`birdsep separate` runs without Lightning, timm, torchvision or TensorBoard (the train extra)."""
+    code = ("import sys\nfrom birdsep.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('HEAVY', [m for m in ('lightning', 'timm', 'torchvision', 'tensorboard') if m in sys.modules])\n"
+            "sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "separate", str(EXAMPLE_RECORDING), "-o", str(tmp_path), "-q",
+                        "--precision", "fp32", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "HEAVY []" in r.stdout

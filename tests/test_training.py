@@ -53,3 +53,16 @@ def test_run_folder_and_the_checkpoint_to_resume_from(tmp_path, capsys):
     assert training.find_checkpoint(tmp_path / "nothing", resuming, "run:") is None
     with pytest.raises(UsageError, match="at least 1"):
         training.start(dataclasses.replace(opts, steps=0), marker)
+
+
+def test_training_without_the_train_extra_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from birdsep.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lightning" else real(name, *a))
+    for command in ("train-separator", "train-classifier"):
+        assert main([command, "data", "-o", "run"]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f'birdsep {command}: error: training needs the train extra: pip install "birdsep[train]"']

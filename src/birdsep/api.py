@@ -1,4 +1,13 @@
-"""The Python API: separate a waveform held in memory."""
+"""The Python API: separate or classify a waveform held in memory.
+
+Both functions take the waveform as a NumPy array or a torch tensor: (T,) mono, or 2-D with
+channels first (C, T) or last (T, C; what ``soundfile.read`` returns). Channels are averaged.
+With ``layout="auto"`` (the default) the short axis is taken as channels when that is
+unambiguous (at most 32 of them, and at least 100 samples per channel); otherwise a ValueError
+asks for ``layout="channels_first"`` or ``"channels_last"``. ``device`` and ``precision``
+mean what ``--device`` / ``--precision`` mean on the command line (default ``auto``; see
+:mod:`birdsep.separation.runtime`).
+"""
 from __future__ import annotations
 
 from functools import partial
@@ -11,37 +20,73 @@ from birdsep.pretrained import load_model, probe_audio
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_array
 
+__all__ = ["separate", "classify", "load_model"]
+
 
 def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None = None,
              block_seconds: float = DEFAULT_BLOCK_SECONDS, overlap: float = DEFAULT_OVERLAP, device: str = "auto",
-             precision: str = "auto"):
+             precision: str = "auto", layout: str = "auto"):
     """Separate ``waveform`` into the model's M sources.
 
-    waveform: numpy array or torch tensor, (T,) mono or (C, T) (channels are averaged).
     model: a loaded separator, a model folder / run directory, or None for the shipped default.
-    device, precision: as ``birdsep separate``'s ``--device`` / ``--precision`` (see
-    :mod:`birdsep.separation.runtime`); the default ``auto`` measures once per model and device.
     Returns ``(sources, rate)``: sources (M, T') of the same kind as the input (numpy or torch),
     at ``output_rate`` (default: ``sample_rate``), summing to the input within the model's band.
     """
-    is_torch = isinstance(waveform, torch.Tensor)
-    x = waveform.detach().cpu().numpy() if is_torch else np.asarray(waveform)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
-    if x.ndim != 1:
-        raise ValueError(f"waveform must be (T,) or (C, T), got shape {tuple(waveform.shape)}")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("waveform contains NaN or infinite samples")
-    if x.size == 0:
-        raise ValueError("waveform is empty")
-    sep = model if isinstance(model, torch.nn.Module) else load_model(model)
+    x = _mono(waveform, layout)  # (T,)
+    sep = _separator(model)
     sr_model = sep.config.sample_rate
     rate = output_rate or sample_rate
-    rt = runtime.resolve(device, precision, sep, partial(probe_audio, sr_model))
+    rt = _runtime(sep, device, precision)
     settings = BlockSettings(block_seconds, overlap, rt.device, rt.precision)
     y = separate_array(sep, audio.resample(x, sample_rate, sr_model), sr_model, settings)  # (M, T_model)
     y = audio.resample(y, sr_model, rate)
     expected = int(round(len(x) * rate / sample_rate))
     y = np.pad(y, ((0, 0), (0, max(0, expected - y.shape[1]))))[:, :expected]
-    return (torch.from_numpy(np.ascontiguousarray(y)) if is_torch else y), rate
+    return (torch.from_numpy(np.ascontiguousarray(y)) if isinstance(waveform, torch.Tensor) else y), rate
+
+
+def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "mix+separated", separator=None,
+             window: float = 5.0, overlap: float = 0.0, device: str = "auto", precision: str = "auto",
+             layout: str = "auto", threads: int = 1):
+    """Species scores per window of ``waveform``, from the mix, its separated tracks, or both
+    (the paper's §2.5; what ``birdsep classify`` writes as tables).
+
+    classifier: ``"birdnet"`` (the birdnet extra), a ``train-classifier`` run directory, or a
+    loaded backend (:mod:`birdsep.backends`). separator: as :func:`separate`'s ``model``.
+    Returns a :class:`birdsep.detect.Classification`: ``labels`` (L,), ``spans`` (N, 2) in
+    seconds, ``mix`` (N, L) and/or ``separated`` (N, M, L) scores, ``scores`` (N, L) and
+    ``channel`` (N, L) for ``mode``, and ``rows()`` / ``to_pandas()`` as a table.
+    """
+    from birdsep.backends import load_classifier
+    from birdsep.detect import MODES, Classification, combine, score_array
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    x = _mono(waveform, layout)
+    backend = load_classifier(classifier, threads=threads) if isinstance(classifier, str) else classifier
+    sep = _separator(separator) if mode != "mix" else None
+    rt = _runtime(sep, device, precision) if sep is not None else runtime.Runtime(runtime.resolve_device(device))
+    fs = score_array(x, sample_rate, backend, sep, window=window, overlap=overlap, mix=mode != "separated",
+                     separated=mode != "mix", rt=rt)
+    scores, channel = combine(mode, fs)
+    return Classification(list(backend.labels), np.asarray(fs.spans, np.float64).reshape(-1, 2), fs.mix,
+                          fs.separated, scores, channel, mode)
+
+
+def _mono(waveform, layout: str) -> np.ndarray:
+    """(T,) float32 of finite samples from any accepted waveform (see the module doc)."""
+    x = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
+    x = audio.to_mono(x, layout)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("waveform contains NaN or infinite samples")
+    if x.size == 0:
+        raise ValueError("waveform is empty")
+    return x
+
+
+def _separator(model):
+    return model if isinstance(model, torch.nn.Module) else load_model(model)
+
+
+def _runtime(sep, device: str, precision: str) -> runtime.Runtime:
+    return runtime.resolve(device, precision, sep, partial(probe_audio, sep.config.sample_rate))

@@ -55,10 +55,38 @@ def _short(exc: Exception) -> str:
     return (msg[-1] if msg else type(exc).__name__)[:200]
 
 
-def to_mono(x: np.ndarray) -> np.ndarray:
-    """(T,) or (T, C) → (T,) float32 by averaging channels."""
+#: The most channels an in-memory (C, T) or (T, C) array is taken to have, and how many times
+#: longer than that its other axis must be, for ``layout="auto"`` to tell the two apart.
+MAX_CHANNELS = 32
+MIN_SAMPLES_PER_CHANNEL = 100
+LAYOUTS = ("auto", "channels_first", "channels_last")
+
+
+def to_mono(x: np.ndarray, layout: str = "channels_last") -> np.ndarray:
+    """(T,), or 2-D audio with channels first (C, T) or last (T, C) → (T,) float32, channels averaged.
+
+    ``layout="auto"`` (for arrays handed to the Python API, e.g. ``soundfile.read``'s (T, C)
+    or torchaudio's (C, T)) takes the short axis as channels when that is unambiguous: at most
+    ``MAX_CHANNELS`` entries, and the other axis at least ``MIN_SAMPLES_PER_CHANNEL`` times
+    longer. Otherwise it raises ValueError asking for ``layout``.
+    """
     x = np.asarray(x, dtype=np.float32)
-    return x.mean(axis=1) if x.ndim == 2 else x
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise ValueError(f"audio must be (T,), (C, T) or (T, C), got shape {x.shape}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} ({' | '.join(LAYOUTS)})")
+    if layout == "auto":
+        a, b = x.shape
+        if a <= MAX_CHANNELS and b >= MIN_SAMPLES_PER_CHANNEL * a:
+            layout = "channels_first"
+        elif b <= MAX_CHANNELS and a >= MIN_SAMPLES_PER_CHANNEL * b:
+            layout = "channels_last"
+        else:
+            raise ValueError(f"cannot tell channels from samples in an array of shape {x.shape}: pass "
+                             "layout='channels_first' for (C, T) or layout='channels_last' for (T, C)")
+    return x.mean(axis=0) if layout == "channels_first" else x.mean(axis=1)
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -134,6 +162,60 @@ def blocks(path: str | os.PathLike, block_seconds: float = 10.0, *, start: float
         raise
     except Exception as exc:
         raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
+
+
+#: ``--format`` × ``--bits`` of separated tracks → libsndfile subtype (32 bits: float, WAV only).
+TRACK_SUBTYPES = {"wav": {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}, "flac": {16: "PCM_16", 24: "PCM_24"}}
+WAV_LIMIT_BYTES = 3_900_000_000  # above this a WAV needs the RF64 container
+
+
+def check_track_format(fmt: str, bits: int) -> None:
+    from birdsep.errors import UsageError
+
+    if fmt not in TRACK_SUBTYPES:
+        raise UsageError(f"--format must be one of {', '.join(TRACK_SUBTYPES)}, not {fmt!r}")
+    if bits not in TRACK_SUBTYPES[fmt]:
+        raise UsageError(f"--format {fmt} takes --bits {' or '.join(map(str, TRACK_SUBTYPES[fmt]))}"
+                         + (" (32-bit float needs --format wav)" if bits == 32 else ""))
+
+
+class TrackWriter:
+    """A mono track written chunk by chunk in ``fmt`` (wav | flac) with ``bits`` per sample.
+
+    Integer formats are quantised here (round to the nearest step of 2^-(bits-1), clipped to
+    full scale) rather than by libsndfile, so :meth:`write` can return exactly the samples the
+    file holds (float32) and the caller can keep sums exact. ``clipped`` counts the samples
+    that full scale cut off.
+    """
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, fmt: str = "flac", bits: int = 24,
+                 frames: int = 0):
+        check_track_format(fmt, bits)
+        container = "FLAC" if fmt == "flac" else ("RF64" if frames * bits // 8 > WAV_LIMIT_BYTES else "WAV")
+        self.file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1,
+                                 subtype=TRACK_SUBTYPES[fmt][bits], format=container)
+        self.bits, self.clipped = bits, 0
+
+    def write(self, x: np.ndarray) -> np.ndarray:
+        """Write (t,) float32; returns the (t,) float32 samples the file now holds."""
+        if self.bits == 32:
+            self.file.write(x)
+            return x
+        top = 2 ** (self.bits - 1)
+        n = np.rint(x.astype(np.float64) * top)
+        self.clipped += int(np.count_nonzero((n >= top) | (n < -top)))
+        n = np.clip(n, -top, top - 1)
+        self.file.write(n.astype(np.int16) if self.bits == 16 else n.astype(np.int32) << (32 - self.bits))
+        return (n / top).astype(np.float32)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "TrackWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> None:

@@ -14,7 +14,7 @@ import logging
 import sys
 
 from birdsep import __version__, training
-from birdsep.errors import InputError, UsageError
+from birdsep.errors import InputError, UsageError, require
 from birdsep.separation import runtime
 
 DESCRIPTION = ("Separate bird songs out of field recordings with unsupervised mixture invariant training (MixIT), "
@@ -82,6 +82,10 @@ def _add_separate(sub) -> None:
                    help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
     old_name(p, "--overlap", "--block-overlap", dest="overlap", type=float)
     runtime.add_flags(p)
+    p.add_argument("--format", default="flac", choices=["flac", "wav"], help="the tracks' file format (default flac)")
+    p.add_argument("--bits", type=int, default=24, choices=[16, 24, 32],
+                   help="bits per sample: 16 or 24 (integer), 32 (float, wav only); default 24, where the tracks "
+                        "sum to the input within 2^-24 of full scale")
     p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
     p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
     p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
@@ -118,6 +122,8 @@ def _add_train_separator(sub) -> None:
 
     def run(a):
         from birdsep.files import read_list
+
+        require("lightning", "train", "training")
         from birdsep.separation.train import train_separator
 
         globs = [g for f in a.exclude_from for g in read_list(f, "exclude list")]
@@ -182,6 +188,8 @@ def _add_train_classifier(sub) -> None:
                    help="switch off an augmentation: crop, gain, mix, noise, noise-only, lowpass (repeatable)")
 
     def run(a):
+        require("lightning", "train", "training")
+        require("timm", "train", "training")
         from birdsep.classification.train import train_classifier
 
         train_classifier(a.data, options_from(training.ClassifierTrainOptions, a))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -192,6 +192,32 @@ def combine(mode: str, fs: FileScores) -> tuple[np.ndarray, np.ndarray]:
         stack = np.concatenate([fs.mix[:, None], fs.separated], axis=1)  # (N, 1 + M, L)
         return stack.max(axis=1), stack.argmax(axis=1).astype(np.int16)
     raise UsageError(f"unknown mode {mode!r}")
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Per-window species scores of one recording (what :func:`birdsep.classify` returns)."""
+
+    labels: list[str]  # (L,) the classifier's species labels
+    spans: np.ndarray  # (N, 2) start and end of each window, seconds
+    mix: np.ndarray | None  # (N, L) scores of the mix (None in mode "separated")
+    separated: np.ndarray | None  # (N, M, L) scores of each separated track (None in mode "mix")
+    scores: np.ndarray  # (N, L) the mode's scores
+    channel: np.ndarray  # (N, L) where each score came from: 0 the mix, k source_k
+    mode: str
+
+    def rows(self, min_conf: float = 0.1) -> list[dict]:
+        """One dict per (window, species) scoring ≥ ``min_conf``: start, end, species,
+        confidence, channel (``pandas.DataFrame(result.rows())`` makes it a table)."""
+        dets = detections("", [tuple(s) for s in self.spans.tolist()], self.scores, self.channel, self.labels,
+                          min_conf)
+        return [{k: v for k, v in asdict(d).items() if k != "file"} for d in sorted(dets, key=lambda d: d.start)]
+
+    def to_pandas(self, min_conf: float = 0.1):
+        """:meth:`rows` as a pandas DataFrame (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(min_conf), columns=["start", "end", "species", "confidence", "channel"])
 
 
 def channel_name(k: int) -> str:

@@ -1,10 +1,17 @@
 """Separate recordings on disk: one file (streamed block by block) or a whole batch
 (resumable, atomic outputs, an error log, parallel jobs, a progress bar).
 
-For each input, ``OUT/<name>/`` receives ``source_1.wav … source_M.wav``, for inputs
-sampled above the model's rate ``high_band.wav`` (what lies above the model's band, so that
-all files together sum to the input), optionally ``separation.png`` / ``separation.mp4``,
-and last ``separation.json``, whose presence marks the input as finished.
+For each input, ``OUT/<name>/`` receives ``source_1.flac … source_M.flac`` (``--format``,
+``--bits``: 24-bit FLAC by default), for inputs sampled above the model's rate
+``high_band.flac`` (what lies above the model's band, so that all files together sum to the
+input), optionally ``separation.png`` / ``separation.mp4``, and last ``separation.json``,
+whose presence marks the input as finished.
+
+Integer tracks are quantised here (:class:`birdsep.audio.TrackWriter`), and the high band is
+the input minus the tracks *as stored*, so the stored files sum to the input to within half a
+step of the chosen precision (2^-24 of full scale at 24 bits, 2^-16 at 16), unless a track
+clipped at full scale (counted in ``clipped_samples``). The sources alone sum to the input
+within the model's band, to within M half-steps.
 """
 from __future__ import annotations
 
@@ -19,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from birdsep import __version__, audio, files
@@ -32,7 +38,6 @@ from birdsep.separation.runtime import Runtime
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "separation.json"
-WAV_LIMIT_BYTES = 3_900_000_000  # above this a float WAV needs the RF64 container
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class SeparateOptions:
     overlap: float = DEFAULT_OVERLAP
     device: str = "auto"  # cpu | cuda | auto
     precision: str = "auto"  # fp32 | bf16 | auto
+    format: str = "flac"  # flac | wav: the tracks' file format
+    bits: int = 24  # 16 | 24 (integer) | 32 (float, wav only)
     plot: bool = False
     video: bool = False
     jobs: int = 1
@@ -123,9 +130,8 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
 
     folder.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(folder)  # left by an interrupted earlier run
-    names = [f"source_{k + 1}.wav" for k in range(m)] + (["high_band.wav"] if keep_high_band else [])
+    names = [f"source_{k + 1}.{opts.format}" for k in range(m)] + [f"high_band.{opts.format}"] * keep_high_band
     expected = int(round(meta.frames * sr_out / sr_in))
-    fmt = "RF64" if expected * 4 > WAV_LIMIT_BYTES else "WAV"
     energy = np.zeros(m + 1)
     mixture_energy = 0.0
     written = 0
@@ -134,8 +140,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         spec = SpectrogramAccumulator(sr_model, m + 1, int(meta.duration * sr_model) + 1)
     with contextlib.ExitStack() as stack:  # all tracks appear under their names together, or none
         tmps = [stack.enter_context(files.atomic(folder / n)) for n in names]
-        writers = [stack.enter_context(sf.SoundFile(str(t), "w", samplerate=sr_out, channels=1, subtype="FLOAT",
-                                                    format=fmt)) for t in tmps]
+        writers = [stack.enter_context(audio.TrackWriter(t, sr_out, opts.format, opts.bits, expected)) for t in tmps]
         native = _Tee(audio.blocks(path, block_seconds=10.0))
         model_rate = _resampled(iter(native), sr_in, sr_model)
 
@@ -151,13 +156,11 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
             chunk = chunk[:, : max(0, expected - written)]
             if chunk.shape[1] == 0:
                 continue
-            for k in range(m):
-                writers[k].write(chunk[k])
+            chunk = np.stack([writers[k].write(chunk[k]) for k in range(m)])  # (M, t) as stored
             energy[:m] += np.einsum("mt,mt->m", chunk, chunk)  # per chunk in float32, summed in float64
             mixture = chunk.sum(0)
             if keep_high_band:
-                residual = native.take(chunk.shape[1]) - mixture
-                writers[m].write(residual)
+                residual = writers[m].write(native.take(chunk.shape[1]) - mixture)
                 energy[m] += float(np.dot(residual, residual))
                 mixture = mixture + residual
             mixture_energy += float(np.dot(mixture, mixture))
@@ -169,11 +172,14 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
             for w in writers[:m]:
                 w.write(pad)
             if keep_high_band:  # the sources are silent there: the input is all high band
-                rest = native.take(len(pad))
-                writers[m].write(rest)
+                rest = writers[m].write(native.take(len(pad)))
                 energy[m] += float(np.dot(rest, rest))
                 mixture_energy += float(np.dot(rest, rest))
 
+    clipped = sum(w.clipped for w in writers)
+    if clipped:
+        log.warning("%s: %d sample(s) of the tracks clipped at full scale (--bits %d); --format wav --bits 32 "
+                    "keeps them", path, clipped, opts.bits)
     total = energy[:m].sum() + energy[m] if keep_high_band else energy[:m].sum()
     result = {
         "birdsep_version": __version__,
@@ -184,7 +190,8 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         "output_sample_rate": sr_out,
         "model": model_name,
         "model_config": model.config.to_dict(),
-        "settings": {**asdict(settings), "sample_rate": opts.sample_rate},
+        "settings": {**asdict(settings), "sample_rate": opts.sample_rate, "format": opts.format, "bits": opts.bits},
+        "clipped_samples": clipped,
         "runtime": {"asked": {"device": opts.device, "precision": opts.precision}, **rt.to_dict()},
         "mixture_energy_db": _db(mixture_energy),
         "sources": [{"file": names[k], "energy_db": _db(energy[k]), "energy_share": _share(energy[k], total),
@@ -310,6 +317,7 @@ def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
         import torch
 
         torch.set_num_threads(opts.threads)
+    audio.check_track_format(opts.format, opts.bits)
     out = Path(opts.out)
     model_folder = str(resolve(opts.model))
     device = runtime.resolve_device(opts.device)

@@ -14,7 +14,7 @@ from torch import nn
 
 from birdsep import files
 from birdsep.classification.frontend import Frontend, FrontendConfig
-from birdsep.errors import UsageError
+from birdsep.errors import UsageError, require
 BACKBONES = {"b0": "efficientnet_b0", "b1": "efficientnet_b1", "b2": "efficientnet_b2"}
 HEADS = ("species", "genus", "family", "order", "bird")
 
@@ -75,6 +75,7 @@ class Classifier(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
+        require("timm", "classify", "a trained classifier")
         import timm  # heavy import, only when a classifier is built
 
         self.cfg = cfg

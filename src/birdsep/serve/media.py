@@ -102,8 +102,8 @@ class Media:
         return self._derived(path, ".flac", lambda dst: audio.transcode(path, dst))
 
     def converted(self, path: Path, fmt: str) -> Path:
-        """A track as ``wav`` (the file itself) or ``flac`` (24-bit)."""
-        if fmt == "wav" or path.suffix.lower() == f".{fmt}":
+        """A track as ``wav`` or ``flac``: the file itself when it is in that format, else a 24-bit copy."""
+        if path.suffix.lower() == f".{fmt}":
             return path
         return self._derived(path, f".{fmt}", lambda dst: audio.transcode(path, dst))
 

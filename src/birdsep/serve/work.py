@@ -1,7 +1,7 @@
 """What a job does: separate a recording with the chosen shipped separator (``birdsep
 separate``'s :func:`~birdsep.pipeline.separate_file`, picture included), then classify it
 from the tracks just written (``birdsep classify``'s :class:`~birdsep.detect.Detector`), so
-that ``source_k`` in the detections is the voice in ``source_k.wav``. Models load once and
+that ``source_k`` in the detections is the voice in that track's file. Models load once and
 are kept for the next job.
 """
 from __future__ import annotations

@@ -1,0 +1,82 @@
+"""Audio and file helpers: channel layouts, tracks quantised to what the file holds, atomic writes."""
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from birdsep import audio, files
+from birdsep.errors import UsageError
+
+
+def test_layout_is_detected_when_unambiguous_and_refused_otherwise():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4000)).astype(np.float32)  # (C, T)
+    mono = x.mean(0)
+    close = dict(rtol=0, atol=1e-6)  # the same mean, summed in another order
+    np.testing.assert_allclose(audio.to_mono(x, "auto"), mono, **close)
+    np.testing.assert_allclose(audio.to_mono(x.T, "auto"), mono, **close)  # soundfile.read's (T, C)
+    np.testing.assert_allclose(audio.to_mono(x.T), mono, **close)  # files are read channels last
+    np.testing.assert_array_equal(audio.to_mono(x[0], "auto"), x[0])
+    square = rng.standard_normal((40, 60))
+    with pytest.raises(ValueError, match="layout='channels_first'"):
+        audio.to_mono(square, "auto")
+    np.testing.assert_allclose(audio.to_mono(square, "channels_first"), square.mean(0), **close)
+    with pytest.raises(ValueError):
+        audio.to_mono(np.zeros((2, 2, 2)), "auto")
+
+
+@pytest.mark.parametrize("fmt,bits", [("flac", 16), ("flac", 24), ("wav", 16), ("wav", 24), ("wav", 32)])
+def test_track_writer_returns_exactly_what_the_file_holds(tmp_path, fmt, bits):
+    rng = np.random.default_rng(1)
+    x = np.clip(0.3 * rng.standard_normal(5000), -0.99, 0.99).astype(np.float32)
+    x[:2] = [1.2, -1.5]  # beyond full scale
+    path = tmp_path / f"t.{fmt}"
+    with audio.TrackWriter(path, 16000, fmt, bits) as w:
+        stored = np.concatenate([w.write(x[:1234]), w.write(x[1234:])])
+    back, sr = sf.read(path, dtype="float32")
+    assert sr == 16000 and sf.info(path).subtype == audio.TRACK_SUBTYPES[fmt][bits]
+    np.testing.assert_array_equal(back, stored)  # bit for bit
+    if bits == 32:
+        np.testing.assert_array_equal(stored, x)
+        assert w.clipped == 0
+    else:
+        assert w.clipped == 2 and stored[0] == 1 - 2.0 ** (1 - bits) and stored[1] == -1  # clipped to full scale
+        step = 2.0 ** (1 - bits)
+        assert np.abs(stored[2:] - x[2:]).max() <= step / 2 + 1e-9
+
+
+def test_track_format_choices():
+    audio.check_track_format("wav", 32)
+    with pytest.raises(UsageError, match="needs --format wav"):
+        audio.check_track_format("flac", 32)
+    with pytest.raises(UsageError):
+        audio.check_track_format("mp3", 16)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with pytest.raises(RuntimeError):
+        with files.atomic(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and not list(target.parent.iterdir())
+    files.write_text(target, "whole")
+    assert target.read_text() == "whole" and oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_list_files_and_missing_inputs(tmp_path):
+    (tmp_path / "l.txt").write_text("a\n# note\n\nb  # why\na\n")
+    assert files.read_list(tmp_path / "l.txt", "list") == ["a", "b"]
+    with pytest.raises(UsageError, match="cannot read list"):
+        files.read_list(tmp_path / "none.txt", "list")
+    with pytest.raises(UsageError, match="no such file or folder"):
+        files.find_audio([tmp_path / "none.wav"])
+    assert files.output_path(tmp_path / "in" / "a" / "b.wav", tmp_path / "in", tmp_path / "out") == \
+        tmp_path / "out" / "a" / "b"
