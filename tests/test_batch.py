@@ -1,0 +1,83 @@
+"""The batch runner on its own: skipping finished files, the error log, exit codes, worker
+processes, printing commands, and missing inputs that create nothing."""
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from birdsep.batch import ERROR_LOG, Done, run_batch
+from birdsep.errors import AudioError
+
+
+def make_worker(marker: str):
+    """A stand-in for a command's work: 'bad*' is a user error, 'bug*' an internal error."""
+
+    def work(path, target, progress):
+        if path.stem.startswith("bad"):
+            raise AudioError(path, "cannot read audio (test)")
+        if path.stem.startswith("bug"):
+            raise RuntimeError("boom")
+        progress(0.5)
+        if target is None:
+            return Done(sf.info(path).duration, (f"{path.name}\t{marker}",))
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "done").write_text(marker)
+        progress(1.0)
+        return Done(sf.info(path).duration)
+
+    return work
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name, seconds in (("a.wav", 1.0), ("sub/b.wav", 2.0), ("bad.wav", 1.0), ("bug.wav", 1.0)):
+        sf.write(folder / name, np.zeros(int(seconds * 8000), np.float32), 8000)
+    return folder
+
+
+def _run(inputs, out, jobs=1, **kw):
+    return run_batch(inputs, out, make_worker=make_worker, worker_args=("x",), target_for=lambda f, root: out / f.stem,
+                     is_done=lambda t: (t / "done").is_file(), jobs=jobs, threads=1, **kw)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_failures_are_logged_and_finished_files_skipped(inputs, tmp_path, capsys, jobs):
+    out = tmp_path / "out"
+    s = _run([str(inputs), str(tmp_path / "missing.wav")], out, jobs=jobs)
+    assert sorted(s.done) == sorted([str(inputs / "a.wav"), str(inputs / "sub" / "b.wav")])
+    assert s.hours == pytest.approx(3.0 / 3600) and s.exit_code == 1 and len(s.failed) == 3
+    err = capsys.readouterr().err
+    assert "error: " + str(inputs / "bad.wav") + ": cannot read audio (test)" in err
+    assert "bug.wav: internal error (RuntimeError: boom)" in err and "missing.wav: no such file or folder" in err
+    log = (out / ERROR_LOG).read_text()
+    assert "bad.wav: cannot read audio" in log and "Traceback" in log and "missing.wav" in log
+    assert log.count("Traceback") == 1  # only the internal error carries one
+
+    again = _run([str(inputs)], out, jobs=jobs)
+    assert sorted(again.skipped) == sorted(s.done) and not again.done and len(again.failed) == 2
+    assert "2 file(s) already done" in capsys.readouterr().out
+
+
+def test_progress_bar_counts_hours_within_files(inputs, tmp_path, capsys):
+    s = _run([str(inputs / "a.wav"), str(inputs / "sub")], tmp_path / "out", progress=True, verb="testing")
+    assert s.exit_code == 0
+    err = capsys.readouterr().err
+    assert "testing" in err and "0.00/0.00 h of audio" in err and "2/2 files" in err
+
+
+def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):
+    out = tmp_path / "out"
+    s = _run([str(tmp_path / "nothing.wav"), str(tmp_path)], out)  # a missing file; a folder without audio
+    assert s.exit_code == 1 and len(s.failed) == 2 and not out.exists()
+    assert "no audio files in this folder" in capsys.readouterr().err
+
+
+def test_printing_commands_get_their_lines_through_the_runner(inputs):
+    stream = io.StringIO()
+    s = run_batch([str(inputs)], None, make_worker=make_worker, worker_args=("y",), progress=False,
+                  header="file\tmark", stream=stream, prefix="birdsep test: ")
+    assert stream.getvalue().splitlines() == ["file\tmark", "a.wav\ty", "b.wav\ty"]
+    assert s.exit_code == 1 and len(s.failed) == 2

@@ -1,0 +1,84 @@
+"""The separator's training data on its own: the corpus index (and its cache), the window
+sampler that favours windows with energy, and the stream of mixtures of mixtures."""
+import itertools
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from birdsep.separation import data as D
+
+SR = 16000
+
+
+def _write(path, seconds, loud=(), level=0.001, seed=0):
+    """Quiet noise with loud noise over the ``loud`` (start, end) spans, seconds."""
+    rng = np.random.default_rng(seed)
+    x = level * rng.standard_normal(int(seconds * SR))
+    for a, b in loud:
+        x[int(a * SR):int(b * SR)] = 0.3 * rng.standard_normal(int(b * SR) - int(a * SR))
+    sf.write(path, x.astype(np.float32), SR)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    _write(folder / "long.wav", 60.0, loud=[(40.0, 50.0)])
+    _write(folder / "short.wav", 1.5, loud=[(0.0, 1.5)], seed=1)
+    _write(folder / "tiny.wav", 0.5, seed=2)  # under MIN_SECONDS: skipped
+    sf.write(folder / "silent.wav", np.zeros(3 * SR, np.float32), SR)  # skipped
+    return folder
+
+
+def test_index_skips_unusable_files_and_caches_the_scan(corpus, tmp_path, monkeypatch):
+    cache = tmp_path / "index.json"
+    index = D.RecordingIndex.build([str(corpus)], cache=cache, progress=False)
+    assert sorted(r.path.rsplit("/", 1)[1] for r in index.recordings) == ["long.wav", "short.wav"]
+    assert len(index.skipped) == 2 and any("too short" in s for s in index.skipped)
+    assert any("silent" in s for s in index.skipped)
+    assert index.hours == pytest.approx(61.5 / 3600)
+    monkeypatch.setattr(D, "scan", lambda path: pytest.fail(f"scanned {path} again"))
+    again = D.RecordingIndex.build([str(corpus)], cache=cache, progress=False)
+    assert [r.frame_db for r in again.recordings] == [r.frame_db for r in index.recordings]
+    excluded = D.RecordingIndex.build([str(corpus)], exclude=("short*",), cache=cache, progress=False)
+    assert [r.path.rsplit("/", 1)[1] for r in excluded.recordings] == ["long.wav"]
+
+
+def test_sampler_favours_windows_with_energy_and_pads_short_files(corpus):
+    index = D.RecordingIndex.build([str(corpus / "long.wav"), str(corpus / "short.wav")], progress=False)
+    sampler = D.WindowSampler(index, seconds=4.0, sample_rate=22050)
+    assert sampler.length == 4 * 22050
+    long_p, short_p = sampler.file_p
+    assert long_p > short_p > 0  # the long file has more active windows
+    rng = np.random.default_rng(0)
+    windows = [sampler.draw(rng) for _ in range(200)]
+    assert all(w.shape == (sampler.length,) and w.dtype == np.float32 for w in windows)
+    loud = np.mean([np.sqrt(np.mean(w ** 2)) > 0.05 for w in windows])
+    # 10 s of 60 are loud; windows touching them are 7 of 57 starts, yet they come up far more often
+    assert loud > 0.5
+    only_short = D.WindowSampler(D.RecordingIndex([index.recordings[1]], []), seconds=4.0, sample_rate=22050)
+    padded = [only_short.draw(rng) for _ in range(5)]  # 1.5 s of audio at a random offset in 4 s of zeros
+    assert all(w.shape == (4 * 22050,) and 1.4 * 22050 <= np.count_nonzero(w) <= 1.6 * 22050 for w in padded)
+    assert len({int(np.flatnonzero(w)[0]) for w in padded}) > 1
+    with pytest.raises(ValueError):
+        D.WindowSampler(D.RecordingIndex([], []), 4.0, 22050)
+
+
+def test_mom_stream_is_seeded_per_seed_and_normalised(corpus):
+    index = D.RecordingIndex.build([str(corpus)], progress=False)
+    sampler = D.WindowSampler(index, seconds=1.0, sample_rate=8000)
+    first = list(itertools.islice(iter(D.MoMDataset(sampler, seed=3)), 4))
+    again = list(itertools.islice(iter(D.MoMDataset(sampler, seed=3)), 4))
+    other = list(itertools.islice(iter(D.MoMDataset(sampler, seed=4)), 4))
+    assert all(m.shape == (2, 8000) and m.dtype == torch.float32 for m in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    rms_db = [20 * np.log10(float(r.pow(2).mean().sqrt())) for m in first for r in m if r.abs().max() > 0]
+    assert rms_db and all(-40.5 <= v <= -14.5 for v in rms_db)  # each reference at a random level in [-40, -15]
+    fixed = [torch.equal(a, b) for a, b in zip(D.fixed_moms(sampler, 3, 7), D.fixed_moms(sampler, 3, 7))]
+    assert fixed == [True] * 3
+    loader = torch.utils.data.DataLoader(D.MoMDataset(sampler, seed=3), batch_size=2)
+    assert next(iter(loader)).shape == (2, 2, 8000)  # (B, 2, T): the batches MixIT trains on
