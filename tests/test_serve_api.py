@@ -302,7 +302,7 @@ def test_a_recording_through_separation_to_the_page(tree, tmp_path):
     r = client.get("/api/audio", params={**rid, "track": "source_2"}, headers={"Range": "bytes=0-99"})
     assert r.status_code == 206 and len(r.content) == 100
     full = client.get("/api/audio", params={**rid, "track": "source_2"}).content
-    assert full == (folder / "source_2.wav").read_bytes()
+    assert full == (folder / meta["sources"][1]["file"]).read_bytes()
     assert client.get("/api/audio", params={**rid, "track": "../dawn"}).status_code == 404
 
     png = client.get("/api/spectrogram", params={**rid, "view": "combined"})

@@ -30,7 +30,7 @@ import soxr
 
 from birdsep import __version__, audio, files
 from birdsep.batch import BatchSummary, Done, run_batch
-from birdsep.errors import AudioError, UsageError
+from birdsep.errors import UsageError
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
 from birdsep.separation.runtime import Runtime
@@ -208,8 +208,8 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         if opts.video:
             try:
                 make_video(folder / "separation.png", path, meta.duration, area, folder / "separation.mp4")
-            except VideoError as exc:
-                raise AudioError(path, str(exc)) from None
+            except VideoError as exc:  # no ffmpeg, or it failed: not the audio's fault
+                raise UsageError.of(path, str(exc)) from None
     result["elapsed_s"] = round(time.time() - started, 3)
     files.write_json(folder / RESULT_NAME, result)
     return result
