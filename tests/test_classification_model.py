@@ -135,3 +135,21 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
         M.load(tmp_path)
     with pytest.raises(UsageError, match="not a classifier run directory"):
         M.load(tmp_path / "nowhere")
+
+
+def test_run_folders_written_before_kind_was_stored_still_load(tmp_path):
+    """Classifier runs of earlier releases: config.json = {format_version, config}, no kind."""
+    torch.manual_seed(0)
+    ens = M.Ensemble(_cfg()).eval()
+    M.save(ens, tmp_path)
+    blob = json.loads((tmp_path / "config.json").read_text())
+    assert blob["kind"] == "classifier"
+    del blob["kind"]
+    (tmp_path / "config.json").write_text(json.dumps(blob, indent=1))
+    x = torch.randn(1, 16000)
+    with torch.no_grad():
+        torch.testing.assert_close(M.load(tmp_path)(x)["species"], ens(x)["species"], rtol=0, atol=0)
+    blob["kind"] = "separator"
+    (tmp_path / "config.json").write_text(json.dumps(blob))
+    with pytest.raises(UsageError, match="holds a separator, not a classifier"):
+        M.load(tmp_path)

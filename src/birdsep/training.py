@@ -81,11 +81,11 @@ class ClassifierTrainOptions(TrainOptions):
     ensemble: int = 1
     no_augment: tuple[str, ...] = ()
     max_windows: int = 5
-    augment: AugmentConfig = field(default_factory=lambda: _augment_config())
+    augment: AugmentConfig = field(default_factory=lambda: _augment_config())  # built when used: NumPy
 
 
 def _augment_config() -> AugmentConfig:
-    from birdsep.classification.augment import AugmentConfig  # NumPy: not at import time
+    from birdsep.classification.augment import AugmentConfig
 
     return AugmentConfig()
 

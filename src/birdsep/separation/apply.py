@@ -32,7 +32,7 @@ class BlockSettings:
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     overlap: float = DEFAULT_OVERLAP  # fraction of a block shared with the next (0 < overlap ≤ 0.5)
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 (resolve "auto" with engine.choose_precision first)
+    precision: str = "fp32"  # fp32 | bf16 (resolve "auto" with separation.runtime.resolve first)
 
     def __post_init__(self):
         if not 0 < self.overlap <= 0.5:
