@@ -87,7 +87,8 @@ class SeparatorConfig:
 #: ``small``: sized to train usefully in an hour on 2 CPU cores (2.5 ms basis, 2 × 8 blocks
 #: of width 128/256, 4 s mixtures): about 30× fewer multiply-adds per second of audio.
 #: ``stft``: full band at 32 kHz, a 32 ms / 8 ms STFT (125 frames/s, 513 bins) and 2 × 8
-#: blocks of the paper's width 256/512 (receptive field 8 s), 4 s mixtures.
+#: blocks of width 128/256 (receptive field 8 s), 4 s mixtures; ``stft-wide``: the same at
+#: the paper's width 256/512 (benchmarks/separator_ablation.py compares them per CPU-hour).
 PRESETS: dict[str, SeparatorConfig] = {
     "paper": SeparatorConfig(),
     "small": SeparatorConfig(
@@ -95,6 +96,10 @@ PRESETS: dict[str, SeparatorConfig] = {
         clip_seconds=4.0,
     ),
     "stft": SeparatorConfig(
+        sample_rate=32000, basis="stft", window_ms=32.0, hop_ms=8.0, bottleneck=128, hidden=256, repeats=2,
+        blocks=8, clip_seconds=4.0,
+    ),
+    "stft-wide": SeparatorConfig(
         sample_rate=32000, basis="stft", window_ms=32.0, hop_ms=8.0, bottleneck=256, hidden=512, repeats=2,
         blocks=8, clip_seconds=4.0,
     ),
