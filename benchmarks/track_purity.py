@@ -18,6 +18,12 @@ largest part lies in the bird's best track (1.0: no identity swaps).
 
 Goal (issue 11): mean purity ≥ 0.9 and no bird below 0.8.
 
+With ``--birdnet``, every song is also scored by BirdNET V2.4 (3 s windows centred on the
+song, at 48 kHz) for the planted species (species BirdNET does not know are left out): on
+the mixture, on the bird's best track, and, for band-limited models, on that track plus
+``high_band`` (the whole part of the input the model never saw, given back to the track):
+how much of what a classifier needs each kind of track keeps.
+
     .venv/bin/python benchmarks/track_purity.py --model src/birdsep/models/separator_small_m4 \\
         --model ~/birdsep-runs/stft_m4
 """
@@ -181,6 +187,41 @@ def purity(scene: Scene, tracks: np.ndarray) -> list[dict]:
     return rows
 
 
+def birdnet_label(species_slug: str, backend) -> int | None:
+    """The BirdNET label index of a Xeno-canto folder's species (common name match), or None."""
+    common = species_slug.replace("_", " ").lower()
+    variants = {common, common.replace("s ", "'s ", 1)}
+    for i, label in enumerate(backend.labels):
+        name = label.split("_", 1)[-1].lower().replace("-", " ")
+        if name in variants or name.replace("'", "") == common:
+            return i
+    return None
+
+
+def birdnet_scores(scene: Scene, tracks: np.ndarray, best: dict[int, int], high_band: np.ndarray | None,
+                   backend) -> list[dict]:
+    """Per song: BirdNET's score for its species on the mix, the best track (and track + high band)."""
+    from birdsep import audio
+
+    n = int(backend.window_seconds * RATE)
+    rows = []
+    for song in scene.songs:
+        label = birdnet_label(scene.birds[song.bird], backend)
+        if label is None:
+            continue
+        centre = song.start + len(song.signal) // 2
+        a = min(max(0, centre - n // 2), len(scene.mixture) - n)
+        track = tracks[best[song.bird], a:a + n]
+        windows = {"mix": scene.mixture[a:a + n], "track": track}
+        if high_band is not None:
+            windows["track+high"] = track + high_band[a:a + n]
+        x = np.stack([audio.resample(w.astype(np.float32), RATE, backend.sample_rate) for w in windows.values()])
+        x = x[:, : int(backend.window_seconds * backend.sample_rate)]
+        scores = backend.predict(x)[:, label]
+        rows.append(dict(zip(windows, scores.tolist())))
+    return rows
+
+
 def separate(model: str | None, mixture: np.ndarray) -> np.ndarray:
     import birdsep
 
@@ -200,6 +241,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--per-bird", action="store_true", help="also print every bird's row")
+    ap.add_argument("--birdnet", action="store_true", help="also score every song with BirdNET (needs birdsep[birdnet])")
     args = ap.parse_args()
     import torch
 
@@ -207,12 +249,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     header(f"Track purity: {args.scenes} scenes × {args.minutes:g} min, held-out birds over a real background")
     scenes = make_scenes(DATA, args.scenes, args.minutes * 60, args.seed)
+    from birdsep.pretrained import load_model
+
+    backend = None
+    if args.birdnet:
+        from birdsep.backends import BirdNET
+
+        backend = BirdNET(threads=args.threads or 1)
     print(f"{sum(len(s.birds) for s in scenes)} planted birds, {sum(len(s.songs) for s in scenes)} songs\n")
     summary, detail = [], []
     for model in args.model or [None]:
-        rows = []
+        rows, scored = [], []
         for i, scene in enumerate(scenes):
-            for r in purity(scene, separate(model, scene.mixture)):
+            tracks = separate(model, scene.mixture)
+            scene_rows = purity(scene, tracks)
+            if backend is not None:
+                banded = tracks.shape[0] > (load_model(model).config.num_sources)
+                best = {b: r["track"] for b, r in enumerate(scene_rows)}
+                scored += birdnet_scores(scene, tracks[:-1] if banded else tracks, best,
+                                         tracks[-1] if banded else None, backend)
+            for r in scene_rows:
                 rows.append(r)
                 detail.append({"model": Path(model).name if model else "shipped", "scene": i, **{
                     k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}})
@@ -220,6 +276,10 @@ def main() -> None:
         summary.append({"model": model or "shipped default", "birds": len(rows), "mean purity": f"{p.mean():.3f}",
                         "min purity": f"{p.min():.3f}", "birds ≥ 0.8": f"{(p >= 0.8).mean():.2f}",
                         "songs on track": f"{np.mean([r['on_track'] for r in rows]):.3f}"})
+        if scored:
+            for kind in ("mix", "track", "track+high"):
+                vals = [r[kind] for r in scored if kind in r]
+                summary[-1][f"BirdNET {kind}"] = f"{np.mean(vals):.3f}" if vals else "–"
     table(summary)
     if args.per_bird:
         table(detail)
