@@ -35,13 +35,14 @@ import torch
 from common import header, table
 
 from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler, fixed_moms
-from birdsep.separation.mixit import mixit_loss, momi
+from birdsep.separation.mixit import mixit_loss, momi, sparsity_loss
 from birdsep.separation.model import Separator, SeparatorConfig, count_parameters, preset
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 HELDOUT = HERE / "splits" / "heldout_species.txt"
 
+SPARSE_WEIGHT = 0.5  # weight of the ℓ1/ℓ2 sparsity loss in the -sparse variant
 SMALL_TDCN = dict(bottleneck=128, hidden=256, repeats=2, blocks=8)
 WIDE_TDCN = dict(bottleneck=256, hidden=512, repeats=2, blocks=8)
 STFT32 = dict(basis="stft", window_ms=32.0, hop_ms=8.0)
@@ -57,7 +58,11 @@ VARIANTS: dict[str, tuple[SeparatorConfig, str, str]] = {
                        "depth 4 × 8 blocks"),
     "stft-32/8-wide-fp32": (SeparatorConfig(**STFT32, **WIDE_TDCN, clip_seconds=4.0), "fp32", "fp32 training"),
     "stft-32/8-wide-32k": (SeparatorConfig(sample_rate=32000, **STFT32, **WIDE_TDCN, clip_seconds=4.0), "bf16",
-                           "32 kHz, full band (= preset stft)"),
+                           "32 kHz, full band (= preset stft-wide)"),
+    "stft-32/8-32k": (SeparatorConfig(sample_rate=32000, **STFT32, **SMALL_TDCN, clip_seconds=4.0), "bf16",
+                      "32 kHz, full band (= preset stft)"),
+    "stft-32/8-32k-sparse": (SeparatorConfig(sample_rate=32000, **STFT32, **SMALL_TDCN, clip_seconds=4.0), "bf16",
+                             f"preset stft + sparsity loss {SPARSE_WEIGHT:g}"),
 }
 
 BATCH, LR, GRAD_CLIP, SEED = 4, 1e-3, 5.0, 0
@@ -155,6 +160,8 @@ def train_variant(name: str, cfg: SeparatorConfig, precision: str, budget_s: flo
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             sources = model(refs.sum(1))  # (B, M, T)
         loss = mixit_loss(refs.float(), sources.float())[0].mean()
+        if name.endswith("-sparse"):
+            loss = loss + SPARSE_WEIGHT * sparsity_loss(sources).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -237,7 +244,7 @@ def main() -> None:
         cfg, precision, what = VARIANTS[name]
         print(f"{name}: {what}", flush=True)
         sampler = WindowSampler(train_index, cfg.clip_seconds, cfg.sample_rate)
-        r = train_variant(name, cfg, precision, args.budget * 60, sampler, out / name, sets)
+        r = train_variant(name, cfg, precision, args.budget * 60, sampler, out / name.replace("/", "-"), sets)
         rows.append({
             "variant": name, "kHz": f"{r['rate'] / 1000:g}", "basis": r["basis"], "frames/s": r["frames/s"],
             "TDCN++": r["TDCN++"], "params": f"{r['params'] / 1e6:.2f} M", "train": r["precision"],
