@@ -5,8 +5,10 @@ Builds 1, 10 and 60-minute recordings by tiling a real field recording from ../s
 command — decoding, resampling, separation, writing — in a fresh process each, reading the
 peak resident memory (RSS) from the operating system.
 
-    .venv/bin/python benchmarks/separate_long.py [--minutes 1 10 60] [--model PATH] [--compare]
+    .venv/bin/python benchmarks/separate_long.py [--minutes 1 10 60] [--model NAME_OR_PATH ...] [--compare]
 
+Several ``--model`` run alternately (each with the defaults), with speed ratios to the first:
+``--model stft_m4 --model small_m4`` compares today's default separator with the earlier one.
 --compare also runs each length with the settings birdsep used before the inference engine
 (6 s blocks, 50 % overlap, fp32), alternating with the defaults, and prints their ratio.
 """
@@ -53,7 +55,8 @@ def make_recording(path: Path, minutes: float) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", action="append", default=None,
+                    help="a shipped model's name, a model folder or a run directory (repeatable)")
     ap.add_argument("--compare", action="store_true", help="also run the earlier settings, for a ratio")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (alternating); the median is shown")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for birdsep separate")
@@ -61,9 +64,13 @@ def main():
     if not SOURCE.exists():
         sys.exit(f"needs {SOURCE}")
     header("birdsep separate, end to end on long recordings")
-    configs = {"defaults": []}
+    models = args.model or [None]
+    configs = {("defaults" if m is None else f"defaults, {Path(m).name}"): ([] if m is None else ["--model", m])
+               for m in models}
+    first = next(iter(configs))
     if args.compare:
-        configs["6 s blocks, 50 % overlap, fp32"] = ["--block", "6", "--overlap", "0.5", "--precision", "fp32"]
+        configs["6 s blocks, 50 % overlap, fp32"] = ["--block", "6", "--block-overlap", "0.5", "--precision", "fp32",
+                                                     *configs[first]]
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -77,8 +84,6 @@ def main():
                     out = tmp / f"out_{minutes:g}"
                     cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *flags,
                            *args.extra]
-                    if args.model:
-                        cmd += ["--model", args.model]
                     res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
                     rc, wall, rss_kb, cpu = res.stdout.split()
                     meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
@@ -94,10 +99,9 @@ def main():
                              "CPU s": f"{cpu:.1f}", "peak RSS MB": f"{max(r[3] for r in got) / 1024:.0f}",
                              "precision": meta.get("settings", {}).get("precision", "?"),
                              "model": Path(meta.get("model", "?")).name})
-            if len(walls) == 2:
-                now = walls.pop("defaults")
-                (before,) = walls.values()
-                ratios.append(f"{minutes:g} min: the defaults run {before / now:.2f}× as fast as the earlier settings")
+            now = walls.pop(first)
+            for label, other in walls.items():
+                ratios.append(f"{minutes:g} min: {first} runs {other / now:.2f}× as fast as {label}")
             rec.unlink()
     table(rows)
     for line in ratios:

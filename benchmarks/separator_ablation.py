@@ -192,19 +192,23 @@ def train_variant(name: str, cfg: SeparatorConfig, precision: str, budget_s: flo
     return result
 
 
-def score_models(folders: list[str], sets: dict) -> None:
-    """MoMi of finished models (e.g. the shipped ones) on the ablation's held-out MoMs."""
+def score_models(folders: list[str], sets: dict, json_out: str | None = None) -> None:
+    """MoMi of finished models (e.g. the shipped ones) on the ablation's held-out MoMs;
+    ``json_out``: also write ``{folder: {"11k": [mean, lo, hi], "full": …}}`` there."""
     from birdsep.pretrained import load_model
 
-    rows = []
+    rows, found = [], {}
     for folder in folders:
         model = load_model(folder)
         cfg = model.config
         scores = evaluate(model, sets)
+        found[folder] = scores
         rows.append({"model": folder, "kHz": f"{cfg.sample_rate / 1000:g}", "M": cfg.num_sources,
                      "basis": f"{cfg.basis} {cfg.window_ms:g}/{cfg.hop_ms:g} ms", "params": f"{count_parameters(model) / 1e6:.2f} M",
                      "MoMi 11k dB [95% CI]": fmt(scores["11k"]), "MoMi full dB": fmt(scores.get("full"))})
     table(rows)
+    if json_out:
+        Path(json_out).write_text(json.dumps(found, indent=2))
 
 
 def fmt(score) -> str:
@@ -223,6 +227,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.expanduser("~/birdsep-runs/ablation"))
     ap.add_argument("--score", nargs="+", default=None, metavar="MODEL",
                     help="only score these model folders / run directories on the same held-out MoMs")
+    ap.add_argument("--json", default=None, metavar="FILE", help="with --score: also write the scores as JSON")
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():
@@ -233,7 +238,7 @@ def main() -> None:
     header(f"Separator variants at {args.budget:g} CPU-minutes each, MoMi on held-out species")
     sets = eval_sets(data, out)
     if args.score:
-        score_models(args.score, sets)
+        score_models(args.score, sets, args.json)
         return
     train_index = RecordingIndex.build([str(data)], read_globs(HELDOUT), cache=out / "train_index.json", progress=False)
     print(f"training audio: {len(train_index.recordings)} recordings, {train_index.hours:.2f} h; held out: "

@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--per-bird", action="store_true", help="also print every bird's row")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write each model's summary as JSON")
     ap.add_argument("--birdnet", action="store_true", help="also score every song with BirdNET (needs birdsep[birdnet])")
     args = ap.parse_args()
     import torch
@@ -257,7 +258,7 @@ def main() -> None:
 
         backend = BirdNET(threads=args.threads or 1)
     print(f"{sum(len(s.birds) for s in scenes)} planted birds, {sum(len(s.songs) for s in scenes)} songs\n")
-    summary, detail = [], []
+    summary, detail, found = [], [], {}
     for model in args.model or [None]:
         rows, scored = [], []
         for i, scene in enumerate(scenes):
@@ -273,6 +274,8 @@ def main() -> None:
                 detail.append({"model": Path(model).name if model else "shipped", "scene": i, **{
                     k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}})
         p = np.array([r["purity"] for r in rows])
+        found[model or "shipped default"] = {"mean": float(p.mean()), "min": float(p.min()), "birds": len(rows),
+                                             "songs_on_track": float(np.mean([r["on_track"] for r in rows]))}
         summary.append({"model": model or "shipped default", "birds": len(rows), "mean purity": f"{p.mean():.3f}",
                         "min purity": f"{p.min():.3f}", "birds ≥ 0.8": f"{(p >= 0.8).mean():.2f}",
                         "songs on track": f"{np.mean([r['on_track'] for r in rows]):.3f}"})
@@ -280,7 +283,13 @@ def main() -> None:
             for kind in ("mix", "track", "track+high"):
                 vals = [r[kind] for r in scored if kind in r]
                 summary[-1][f"BirdNET {kind}"] = f"{np.mean(vals):.3f}" if vals else "–"
+                if vals:
+                    found[model or "shipped default"][f"birdnet_{kind}"] = float(np.mean(vals))
     table(summary)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(found, indent=2))
     if args.per_bird:
         table(detail)
 
