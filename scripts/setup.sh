@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 quiet() { grep -v "is ignored" || true; }  # drop pip's notes about absent local indexes; keep its errors
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | quiet
-.venv/bin/python -m pip install -q -e ".[train,classify,test,birdnet,serve]" 2>&1 | quiet
+.venv/bin/python -m pip install -q -e ".[train,classify,test,birdnet,serve,cluster]" 2>&1 | quiet
 .venv/bin/python -c "import birdsep, torch; print('birdsep', birdsep.__version__, '| torch', torch.__version__)"

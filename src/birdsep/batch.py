@@ -4,8 +4,16 @@ Inputs are files or folders (recursive). A file whose outputs are complete is sk
 re-run picks up where an interrupted one stopped. A bad file costs one line (on stderr and,
 for commands that write into an output folder, in ``OUT/errors.log`` with the traceback there
 for internal errors) and the batch goes on; an input path that does not exist costs one line
-on stderr and creates nothing. ``jobs`` > 1 runs files in worker processes. The progress bar
-counts hours of audio, within a long file too, with the time left.
+on stderr and creates nothing. The progress bar counts hours of audio, within a long file
+too, and files, with the time left.
+
+Where the files run (an *executor*): one after another in this process; in ``jobs`` worker
+processes on this machine; or, with ``cluster`` (an address), on the workers of a Ray
+cluster (:mod:`birdsep.cluster`). A file whose worker died (a lost node, a killed process) is
+tried again, at most :data:`MAX_TRIES` times; a file that fails for a reason of its own is
+reported once and not retried. Runs that write into an output folder claim each file before
+working on it (:mod:`birdsep.claims`), so that two runs on the same folder share the files
+instead of doing them twice.
 
 A command supplies ``make_worker(*args)``, a top-level function returning
 ``work(path, target, progress) -> Done`` (built once per process, so a model loads once;
@@ -16,19 +24,24 @@ them, after ``header``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
+from birdsep.claims import BUSY, FAILED, MINE, Claims
 from birdsep.errors import InputError
 from birdsep.files import find_audio
 
 ERROR_LOG = "errors.log"
+MAX_TRIES = 3  # a file whose worker died this many times is reported as failed, not tried again
+LOOK_AGAIN = 5.0  # seconds between looks at the files another run is working on
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,14 @@ class Done:
 
     seconds: float
     lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A file whose worker died under it (it goes back to the queue)."""
+
+    path: str
+    reason: str
 
 
 Progress = Callable[[float], None]  # the fraction of a file done, 0 to 1
@@ -50,6 +71,7 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     hours: float = 0.0
+    others: list[str] = field(default_factory=list)  # finished or failed meanwhile by another run on the same folder
 
     @property
     def exit_code(self) -> int:
@@ -66,6 +88,41 @@ def guarded(work: Work, path: str, target: str | None, progress: Progress) -> Re
         return path, None, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
 
 
+def threads_per_job(threads: int | None, jobs: int | None, cluster: str | None = None) -> int:
+    """``--threads``, or by default this machine's cores shared among the jobs (one for a Ray worker)."""
+    if threads:
+        return threads
+    return 1 if cluster is not None else max(1, (os.cpu_count() or 1) // max(1, jobs or 1))
+
+
+# ----------------------------------------------------------------------------- executors
+# Each has ``free`` (files it can take now), ``busy`` (files in flight), ``submit(path, target)``
+# and ``poll(timeout, progress) -> [Result | Lost]``, and is a context manager.
+
+
+class _Here:
+    """Files one after another in this process."""
+
+    def __init__(self, work: Work):
+        self.work, self.next = work, None
+
+    free = property(lambda self: int(self.next is None))
+    busy = property(lambda self: self.next is not None)
+
+    def submit(self, path: str, target: str | None) -> None:
+        self.next = (path, target)
+
+    def poll(self, timeout: float, progress: Callable[[str, float], None]) -> list[Result]:
+        (path, target), self.next = self.next, None
+        return [guarded(self.work, path, target, lambda fraction: progress(path, fraction))]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 _worker: Work | None = None
 _progress_queue = None
 
@@ -79,7 +136,40 @@ def _init_worker(make_worker, args, threads: int, queue) -> None:
 
 
 def _in_worker(path: str, target: str | None) -> Result:
-    return guarded(_worker, path, target, lambda seconds: _progress_queue.put((path, seconds)))
+    return guarded(_worker, path, target, lambda fraction: _progress_queue.put((path, fraction)))
+
+
+class _Processes:
+    """Files in ``jobs`` worker processes on this machine, each building its own work once."""
+
+    def __init__(self, jobs: int, make_worker, worker_args: tuple, threads: int):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.jobs, self.queue, self.pending = jobs, ctx.Queue(), set()
+        self.pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(make_worker, worker_args, threads, self.queue))
+
+    free = property(lambda self: self.jobs - len(self.pending))
+    busy = property(lambda self: bool(self.pending))
+
+    def submit(self, path: str, target: str | None) -> None:
+        self.pending.add(self.pool.submit(_in_worker, path, target))
+
+    def poll(self, timeout: float, progress: Callable[[str, float], None]) -> list[Result]:
+        finished, self.pending = wait(self.pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        while not self.queue.empty():
+            progress(*self.queue.get())
+        return [fut.result() for fut in finished]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- progress
 
 
 class _Bar:
@@ -109,7 +199,9 @@ class _Bar:
         self.tqdm.update(delta)
         self._show()
 
-    def finish(self, path: str, seconds: float, failed: int) -> None:
+    def finish(self, path: str, seconds: float | None, failed: int) -> None:
+        """``seconds`` of audio done (None: the file's whole length, done by another run)."""
+        seconds = self.seconds.get(path, 0.0) if seconds is None else seconds
         self.tqdm.update(max(0.0, seconds - self.partial.pop(path, 0.0)))
         self.finished.add(path)
         self.done_files, self.failed = self.done_files + 1, failed
@@ -130,17 +222,23 @@ class _Bar:
         self.tqdm.close()
 
 
+# ----------------------------------------------------------------------------- the runner
+
+
 def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: tuple = (),
               target_for: Callable[[Path, Path], Path] | None = None, is_done: Callable[[Path], bool] | None = None,
-              jobs: int = 1, threads: int | None = None, progress: bool = True, verb: str = "processing",
+              jobs: int | None = 1, threads: int | None = None, progress: bool = True, verb: str = "processing",
               past: str = "done", work: Work | None = None, header: str | None = None,
-              stream: TextIO | None = None, prefix: str = "") -> BatchSummary:
+              stream: TextIO | None = None, prefix: str = "", cluster: str | None = None,
+              device: str = "cpu") -> BatchSummary:
     """Run the command's work over ``inputs`` (see the module doc).
 
     ``work``, if given, is used in this process instead of building one (a caller that has
     already loaded its model to check it); worker processes always build their own. Error
     lines start with ``prefix`` + ``"error: "``. Printing commands (``out=None``) write
-    ``header`` and each file's lines to ``stream`` (default stdout).
+    ``header`` and each file's lines to ``stream`` (default stdout). ``cluster``: a Ray address
+    (``local`` starts Ray here); ``jobs`` is then the number of Ray workers (None: as many as
+    the cluster holds) and ``device`` (auto | cuda) gives each one a GPU where the cluster has them.
     """
     stream = stream or sys.stdout
     summary = BatchSummary()
@@ -160,60 +258,120 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
                 summary.skipped.append(str(f))
             else:
                 todo.append((f, target))
-    if out is not None and todo:
-        out.mkdir(parents=True, exist_ok=True)  # only when there is something to write into it
-    bar = _Bar([f for f, _ in todo], progress, verb)
+    with contextlib.ExitStack() as stack:
+        # the workers first: a cluster that cannot be reached stops the command before it writes anything
+        executor = stack.enter_context(_executor(todo, make_worker, worker_args, work, jobs, threads, cluster,
+                                                 device)) if todo else None
+        if out is not None and todo:
+            out.mkdir(parents=True, exist_ok=True)  # only when there is something to write into it
+        bar = _Bar([f for f, _ in todo], progress, verb)
+        stack.callback(bar.close)
 
-    def report(line: str, tb: str | None = None) -> None:
-        summary.failed.append(line)
-        bar.write(f"{prefix}error: {line}")
-        if out is not None and out.is_dir():
-            with open(out / ERROR_LOG, "a") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
-                if tb:
-                    fh.write(tb)
+        def report(line: str, tb: str | None = None) -> None:
+            summary.failed.append(line)
+            bar.write(f"{prefix}error: {line}")
+            if out is not None and out.is_dir():
+                with open(out / ERROR_LOG, "a") as fh:
+                    fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{line}\n")
+                    if tb:
+                        fh.write(tb)
 
-    for line in missing:
-        report(line)
-    if summary.skipped:
-        print(f"{len(summary.skipped)} file(s) already {past} in {out}: skipped")
-    if header is not None:
-        print(header, file=stream, flush=True)
+        for line in missing:
+            report(line)
+        if summary.skipped:
+            print(f"{len(summary.skipped)} file(s) already {past} in {out}: skipped")
+        if header is not None:
+            print(header, file=stream, flush=True)
 
-    def finish(path: str, done: Done | None, err: str | None, tb: str | None) -> None:
-        if err:
-            report(err, tb)
-        else:
-            summary.done.append(path)
-            summary.hours += done.seconds / 3600
-            for line in done.lines:
-                print(line, file=stream)
-            stream.flush()
-        bar.finish(path, done.seconds if done else 0.0, len(summary.failed))
+        def finish(path: str, done: Done | None, err: str | None, tb: str | None) -> None:
+            if err:
+                report(err, tb)
+            else:
+                summary.done.append(path)
+                summary.hours += done.seconds / 3600
+                for line in done.lines:
+                    print(line, file=stream)
+                stream.flush()
+            bar.finish(path, done.seconds if done else 0.0, len(summary.failed))
 
-    jobs = max(1, min(jobs, len(todo)))
-    if todo and jobs == 1:
-        if threads:
-            import torch
+        def elsewhere(path: str) -> None:
+            summary.others.append(path)
+            bar.finish(path, None, len(summary.failed))
 
-            torch.set_num_threads(threads)
-        work = work or make_worker(*worker_args)
-        for f, target in todo:
-            finish(*guarded(work, str(f), str(target) if target else None, lambda s, f=str(f): bar.progress(f, s)))
-    elif todo:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(make_worker, worker_args, per_job, queue)) as pool:
-            pending = {pool.submit(_in_worker, str(f), str(t) if t else None) for f, t in todo}
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                while not queue.empty():
-                    bar.progress(*queue.get())
-                for fut in finished:
-                    finish(*fut.result())
-    bar.close()
+        if todo:
+            claims = stack.enter_context(Claims(out)) if out is not None and target_for else None
+            _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix)
     return summary
+
+
+def _executor(todo, make_worker, worker_args, work, jobs, threads, cluster, device):
+    if cluster is not None:
+        from birdsep.cluster import RayExecutor
+
+        return RayExecutor(cluster, make_worker, worker_args, jobs=jobs, threads=threads_per_job(threads, jobs, cluster),
+                           device=device, files=len(todo))
+    jobs = max(1, min(jobs or 1, len(todo)))
+    if jobs > 1:
+        return _Processes(jobs, make_worker, worker_args, threads_per_job(threads, jobs))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return _Here(work or make_worker(*worker_args))
+
+
+def _seconds(path: Path) -> float:
+    from birdsep import audio
+
+    try:
+        return audio.info(path).duration
+    except InputError:
+        return 0.0
+
+
+def _schedule(todo, executor, claims: Claims | None, is_done, finish, elsewhere, bar: _Bar, prefix: str) -> None:
+    """Hand the files to ``executor`` as it has room, each claimed first; collect the results;
+    retry the files of workers that died; wait for the files another run is working on."""
+    where = {str(f): (f, t) for f, t in todo}
+    queue, held, tries = deque(todo), [], Counter()
+    look = time.monotonic() + LOOK_AGAIN
+    while queue or held or executor.busy:
+        while queue and executor.free:
+            f, t = queue.popleft()
+            state = claims.take(t) if claims else MINE
+            if state == MINE and (claims or tries[str(f)]) and is_done and is_done(t):  # finished since the scan:
+                if claims:
+                    claims.release(t)
+                if tries[str(f)]:  # by this run's worker that died before it could say so
+                    finish(str(f), Done(_seconds(f)), None, None)
+                else:  # by another run
+                    elsewhere(str(f))
+            elif state == MINE:
+                executor.submit(str(f), str(t) if t is not None else None)
+            elif state == FAILED:
+                elsewhere(str(f))
+            else:
+                assert state == BUSY
+                held.append((f, t))
+        if held and time.monotonic() >= look:
+            queue.extend(held)
+            held, look = [], time.monotonic() + LOOK_AGAIN
+            continue
+        if not (executor.busy or queue):  # only files another run is working on: wait for it
+            time.sleep(max(0.0, look - time.monotonic()))
+            continue
+        for outcome in executor.poll(0.5, bar.progress):
+            if isinstance(outcome, Lost):
+                tries[outcome.path] += 1
+                if tries[outcome.path] < MAX_TRIES:
+                    bar.write(f"{prefix}warning: {outcome.path}: {outcome.reason}; trying it again")
+                    queue.appendleft(where[outcome.path])
+                    continue
+                outcome = (outcome.path, None, f"{outcome.path}: {outcome.reason} ({MAX_TRIES} times); given up", None)
+            path, _done, err, _tb = outcome
+            target = where[path][1]
+            if claims and err:
+                claims.failed(target, err)
+            elif claims:
+                claims.release(target)
+            finish(*outcome)

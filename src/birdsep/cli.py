@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 
 from birdsep import __version__, training
@@ -54,8 +55,32 @@ def _quiet_flag(p) -> None:
 def _batch_summary(verb: str, s, out: str) -> int:
     """The last line of a batch command that writes into a folder; exit code 1 if any file failed."""
     print(f"{verb} {len(s.done)} file(s) ({s.hours:.2f} h) into {out}; {len(s.skipped)} already done; "
-          f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
+          + (f"{len(s.others)} by another run on {out}; " if s.others else "")
+          + f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
     return s.exit_code
+
+
+RAY_ADDRESS = re.compile(r"^(local|auto|(ray://)?[\w.\-]+:\d+|(ray://)?\[[0-9a-fA-F:]+\]:\d+)$")
+
+
+def _batch_flags(p, verb: str) -> None:
+    """-j, --threads and --ray of the commands that run over many files (:mod:`birdsep.batch`)."""
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help=f"files {verb} in parallel (default 1; with --ray: as many as the cluster holds)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per job (default: this machine's cores ÷ jobs; 1 per Ray worker)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the files on a Ray cluster: without ADDRESS start Ray on this machine; auto, HOST:PORT "
+                        "or ray://HOST:10001 join one (inputs and -o on storage every node sees; needs the "
+                        "cluster extra; put --ray after the inputs)")
+
+
+def _check_batch_flags(a) -> None:
+    if a.jobs is not None and a.jobs < 1 or a.threads is not None and a.threads < 1:
+        raise UsageError("--jobs and --threads must be at least 1")
+    if a.ray is not None and not RAY_ADDRESS.match(a.ray):
+        raise UsageError(f"--ray {a.ray}: not a Ray address (auto, HOST:PORT or ray://HOST:10001; "
+                         "without an address, put --ray after the inputs)")
 
 
 def _printed_summary(command: str, s) -> int:
@@ -88,13 +113,13 @@ def _add_separate(sub) -> None:
                         "sum to the input within 2^-24 of full scale")
     p.add_argument("--plot", action="store_true", help="write separation.png: the sources over the spectrogram")
     p.add_argument("--video", action="store_true", help="write separation.mp4 with a moving playhead (needs ffmpeg)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="files separated in parallel")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    _batch_flags(p, "separated")
     _quiet_flag(p)
 
     def run(a):
         from birdsep.pipeline import SeparateOptions, separate_batch
 
+        _check_batch_flags(a)
         if a.sample_rate != "native" and not a.sample_rate.isdigit():
             raise UsageError(f"--sample-rate must be 'native' or a number of Hz, not {a.sample_rate!r}")
         if not 0 < a.overlap <= 0.5 or a.block_seconds <= 0:
@@ -252,13 +277,13 @@ def _add_classify(sub) -> None:
     p.add_argument("--model", default=None, metavar="SEPARATOR",
                    help="separator run directory or model folder (default: the shipped model)")
     runtime.add_flags(p)
-    p.add_argument("-j", "--jobs", type=int, default=1, help="files classified in parallel")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job")
+    _batch_flags(p, "classified")
     _quiet_flag(p)
 
     def run(a):
         from birdsep.detect import ClassifyOptions, classify_batch
 
+        _check_batch_flags(a)
         return _batch_summary("classified", classify_batch(a.inputs, options_from(ClassifyOptions, a)), a.out)
 
     p.set_defaults(func=run)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from birdsep import audio, files
-from birdsep.batch import BatchSummary, Done, run_batch
+from birdsep.batch import BatchSummary, Done, run_batch, threads_per_job
 from birdsep.errors import UsageError
 from birdsep.outputs import Detection, write_audacity, write_csv, write_raven
 from birdsep.separation import runtime
@@ -52,9 +51,10 @@ class ClassifyOptions:
     model: str | None = None  # separator: run directory / model folder, None → the shipped default
     device: str = "auto"  # see birdsep.separation.runtime
     precision: str = "auto"
-    jobs: int = 1
+    jobs: int | None = 1  # None: 1 here, or as many Ray workers as the cluster holds
     threads: int | None = None
     progress: bool = True
+    ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -309,18 +309,21 @@ def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | No
 
 
 def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
-    """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel jobs."""
+    """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel
+    jobs or a Ray cluster (whose workers each settle device and precision on their own node)."""
     opts.check()
     if opts.threads:
         import torch
 
         torch.set_num_threads(opts.threads)
-    detector = Detector(opts)  # a bad classifier, separator, species list or device fails here, before any file
+    # a bad classifier, separator, species list or device fails here, before any file
+    detector = Detector(opts) if opts.ray is None else Detector(opts, Runtime(reason="checked only"))
     out = Path(opts.out)
-    jobs = max(1, opts.jobs)
-    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(opts.threads, opts.jobs, opts.ray)
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
+    rt = detector.rt if opts.ray is None else None
     return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=is_done,
-                     make_worker=_detector_worker, worker_args=(worker_opts, detector.rt), jobs=jobs, threads=threads,
+                     make_worker=_detector_worker, worker_args=(worker_opts, rt), jobs=opts.jobs, threads=threads,
                      progress=opts.progress, verb="classifying", past="classified",
-                     work=_detector_worker(worker_opts, detector.rt, detector))
+                     work=_detector_worker(worker_opts, rt, detector) if opts.ray is None else None,
+                     cluster=opts.ray, device=opts.device)

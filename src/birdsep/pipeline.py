@@ -53,9 +53,10 @@ class SeparateOptions:
     bits: int = 24  # 16 | 24 (integer) | 32 (float, wav only)
     plot: bool = False
     video: bool = False
-    jobs: int = 1
+    jobs: int | None = 1  # None: 1 here, or as many Ray workers as the cluster holds
     threads: int | None = None
     progress: bool = True
+    ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
 
 
 def _resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int = 1) -> Iterator[np.ndarray]:
@@ -298,20 +299,36 @@ def plot_folder(folder: Path) -> Path:
 # ------------------------------------------------------------------------------ batches
 
 
-def _separator_worker(model_folder: str, opts: SeparateOptions, rt: Runtime, model=None):
-    """Load the model once per process; return work(path, folder, progress) -> Done."""
-    from birdsep.pretrained import load_model
+def _settled(model_folder: str, opts: SeparateOptions, rt: Runtime | None = None):
+    """(the model on its device, the runtime): ``rt`` as given, or settled here, for this
+    machine's hardware."""
+    from birdsep.pretrained import load_model, probe_audio
+
+    device = rt.device if rt else runtime.resolve_device(opts.device)
+    model = load_model(model_folder, device)
+    return model, rt or runtime.resolve(device, opts.precision, model, partial(probe_audio, model.config.sample_rate))
+
+
+def _separator_worker(model: str, opts: SeparateOptions, rt: Runtime | None, loaded=None):
+    """Load the model once per process; return work(path, folder, progress) -> Done.
+
+    ``model``: as ``--model`` takes it. ``rt`` None: the device and precision are settled here
+    (a Ray worker, on its node's hardware)."""
+    from birdsep.pretrained import resolve
 
     runtime.tune_allocator()
-    model = model or load_model(model_folder, rt.device)
-    return lambda path, folder, progress: Done(separate_file(path, folder, model, opts, rt, model_folder,
+    model_folder = str(resolve(model))
+    if loaded is None:
+        loaded, rt = _settled(model_folder, opts, rt)
+    return lambda path, folder, progress: Done(separate_file(path, folder, loaded, opts, rt, model_folder,
                                                              progress)["duration_s"])
 
 
 def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
     """``birdsep separate``. The model, ``--device`` and ``--precision`` are settled here, once,
-    before any file (a missing model or GPU is one line, not one per file)."""
-    from birdsep.pretrained import load_model, probe_audio, resolve
+    before any file (a missing model or GPU is one line, not one per file); with ``--ray`` the
+    model is checked here and each worker settles device and precision on its own node."""
+    from birdsep.pretrained import load_model, portable, resolve
 
     if opts.threads:
         import torch
@@ -319,12 +336,15 @@ def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
         torch.set_num_threads(opts.threads)
     audio.check_track_format(opts.format, opts.bits)
     out = Path(opts.out)
-    model_folder = str(resolve(opts.model))
-    device = runtime.resolve_device(opts.device)
-    model = load_model(model_folder, device)
-    rt = runtime.resolve(device, opts.precision, model, partial(probe_audio, model.config.sample_rate))
+    model_folder = resolve(opts.model)
+    if opts.ray is None:
+        model, rt = _settled(str(model_folder), opts)
+        worker_args = (str(model_folder), opts, rt)
+        work = _separator_worker(*worker_args, model)
+    else:
+        load_model(model_folder)
+        worker_args, work = (portable(model_folder), opts, None), None
     return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out),
                      is_done=lambda folder: is_done(folder, opts), make_worker=_separator_worker,
-                     worker_args=(model_folder, opts, rt), jobs=opts.jobs, threads=opts.threads,
-                     progress=opts.progress, verb="separating", past="separated",
-                     work=_separator_worker(model_folder, opts, rt, model))
+                     worker_args=worker_args, jobs=opts.jobs, threads=opts.threads, progress=opts.progress,
+                     verb="separating", past="separated", work=work, cluster=opts.ray, device=opts.device)

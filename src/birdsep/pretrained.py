@@ -45,6 +45,13 @@ def resolve(path: str | Path | None) -> Path:
     return folder
 
 
+def portable(folder: str | Path) -> str:
+    """How another machine with birdsep names ``folder`` for :func:`resolve`: a shipped model by
+    its name (installs live at different paths), any other folder by its absolute path."""
+    folder = Path(folder).resolve()
+    return folder.name if folder.parent == MODELS.resolve() else str(folder)
+
+
 def load_model(path: str | Path | None = None, device: str = "cpu"):
     """Load a separator (``None`` → the shipped default) in eval mode."""
     from birdsep.separation.model import load_separator

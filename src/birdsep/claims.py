@@ -1,0 +1,206 @@
+"""Claims: several runs writing into one output folder share its files instead of doing them twice.
+
+Two runs on the same OUT (two cluster jobs started by mistake, SLURM jobs split by hand, a
+``birdsep separate`` left running in another terminal) must not both work on a file. Before a
+run works on an input it *claims* it: ``OUT/.birdsep/claims/<name>.claim`` appears by
+``os.link`` of a complete temporary file, which succeeds for exactly one run, on local disks
+and on NFS alike. The claim names its run; the run keeps a *lease*
+(``OUT/.birdsep/runs/<run>.json``) whose modification time a thread refreshes every
+:data:`HEARTBEAT` seconds while it lives.
+
+* A file claimed by a live run is left to it ("busy"); once that run has finished it, this
+  run finds it done and skips it. A file that run *failed* stays marked as failed until that
+  run ends, so a concurrent run neither retries it nor logs it a second time.
+* A claim is *stale* when its run's lease is gone, or older than :data:`LEASE` seconds, or
+  its process is gone (same host only). A stale claim is taken over: renamed away (only one
+  run's rename succeeds), checked to be the claim that was judged stale, then claimed anew.
+* At its end, an interrupted one included, a run removes its claims and its lease, so the
+  folder is left as it was (a re-run retries the files it failed, as without claims).
+  A run killed with ``kill -9`` leaves them; they go stale after :data:`LEASE` seconds (at
+  once for a process on the same host).
+
+Clocks: staleness compares a lease's modification time with this host's clock; a lease of
+two minutes absorbs the skew of ordinary NTP-synchronised nodes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from birdsep import files
+
+FOLDER = ".birdsep"  # under OUT: claims/ and runs/
+HEARTBEAT = 15.0  # seconds between lease refreshes
+LEASE = 120.0  # a lease not refreshed for this long belongs to a dead run
+MINE, BUSY, FAILED = "mine", "busy", "failed"
+
+
+class Claims:
+    """This run's claims on the files of one output folder ``out`` (see the module doc).
+
+    Use as a context manager: it takes the lease on entry and gives everything back on exit.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.root = self.out / FOLDER
+        self.claims_dir, self.runs_dir = self.root / "claims", self.root / "runs"
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.run = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.lease = self.runs_dir / f"{self.run}.json"
+        self.mine: dict[Path, str] = {}  # claim file → state
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ the run's lease
+
+    def __enter__(self) -> "Claims":
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(self.lease, {"run": self.run, "host": self.host, "pid": self.pid, "started": time.time()})
+        self._beat = threading.Thread(target=self._heartbeat, name="birdsep-lease", daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        for claim in list(self.mine):
+            self._drop(claim)
+        self.mine.clear()
+        self.lease.unlink(missing_ok=True)
+        for folder in (self.claims_dir, self.runs_dir, self.root):  # only if nobody else uses them
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                os.utime(self.lease)
+            except FileNotFoundError:  # removed by hand: put it back
+                files.write_json(self.lease, {"run": self.run, "host": self.host, "pid": self.pid})
+            except OSError:
+                pass  # storage hiccup: try again at the next beat
+
+    # ------------------------------------------------------------------ claims
+
+    def path(self, target: Path) -> Path:
+        """The claim file of an input whose outputs go to ``target`` (a path under OUT)."""
+        try:
+            rel = Path(target).resolve().relative_to(self.out.resolve())
+        except ValueError:
+            rel = Path(target)
+        digest = hashlib.sha1(str(rel).encode()).hexdigest()[:12]
+        return self.claims_dir / f"{rel.name[:60]}-{digest}.claim"
+
+    def take(self, target: Path) -> str:
+        """Claim ``target``: :data:`MINE` (this run may work on it), :data:`BUSY` (a live run
+        works on it) or :data:`FAILED` (a live run failed it)."""
+        claim = self.path(target)
+        if claim in self.mine:
+            return MINE
+        for _ in range(5):
+            if self._create(claim, target):
+                return MINE
+            owner = _read(claim)
+            if owner is None:  # vanished between the two calls, or unreadable
+                if claim.exists() and _age(claim) > LEASE:
+                    claim.unlink(missing_ok=True)  # a claim nobody can read: garbage
+                continue
+            if self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid")):
+                return FAILED if owner.get("state") == FAILED else BUSY
+            self._take_over(claim, owner)
+        return BUSY
+
+    def failed(self, target: Path, line: str) -> None:
+        """Mark this run's claim on ``target`` as failed (kept until the run ends)."""
+        claim = self.path(target)
+        if claim in self.mine:
+            files.write_json(claim, {**self._record(target), "state": FAILED, "error": line})
+            self.mine[claim] = FAILED
+
+    def release(self, target: Path) -> None:
+        """Give up the claim on ``target`` (its outputs are complete, or it goes back to the queue)."""
+        claim = self.path(target)
+        if self.mine.pop(claim, None) is not None:
+            self._drop(claim)
+
+    def _drop(self, claim: Path) -> None:
+        """Remove ``claim`` if it is still this run's (not if it was taken over while this run's
+        lease had lapsed)."""
+        if (_read(claim) or {}).get("run") == self.run:
+            claim.unlink(missing_ok=True)
+
+    def alive(self, run: str, host: str | None = None, pid: int | None = None) -> bool:
+        """Whether the run ``run`` still holds its lease."""
+        if run == self.run:
+            return True
+        lease = self.runs_dir / f"{run}.json"
+        try:
+            fresh = time.time() - lease.stat().st_mtime < LEASE
+        except OSError:
+            return False
+        if fresh and host == self.host and pid:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return False
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        return fresh
+
+    def _record(self, target: Path) -> dict:
+        return {"run": self.run, "host": self.host, "pid": self.pid, "target": str(target), "state": "working",
+                "since": time.time()}
+
+    def _create(self, claim: Path, target: Path) -> bool:
+        """Make ``claim`` appear complete, unless it exists (``link`` is atomic and exclusive)."""
+        tmp = files.temp_beside(claim)
+        try:
+            tmp.write_text(json.dumps(self._record(target)))
+            os.link(tmp, claim)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.mine[claim] = "working"
+        return True
+
+    def _take_over(self, claim: Path, owner: dict) -> None:
+        """Remove the stale claim ``owner``; if another run replaced it meanwhile, put that one back."""
+        grave = claim.with_name(f"{claim.name}.{self.run}.stale")
+        try:
+            os.rename(claim, grave)
+        except FileNotFoundError:
+            return  # another run took it over first
+        try:
+            if _read(grave) != owner:  # a fresh claim made since we read the stale one: give it back
+                try:
+                    os.link(grave, claim)
+                except FileExistsError:
+                    pass
+        finally:
+            grave.unlink(missing_ok=True)
+
+
+def _read(claim: Path) -> dict | None:
+    try:
+        blob = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return None
+    return blob if isinstance(blob, dict) else None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
