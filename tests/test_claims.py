@@ -26,6 +26,19 @@ def test_one_run_per_file_and_failed_files_stay_marked(tmp_path):
     assert not (tmp_path / "out" / ".birdsep").exists()  # both runs gone: nothing left behind
 
 
+def test_a_failure_is_not_retried_by_a_run_that_overlapped_it_but_by_a_later_one(tmp_path):
+    out = tmp_path / "out"
+    with Claims(out) as overlapping:
+        with Claims(out) as failing:
+            failing.take(out / "bad")
+            failing.failed(out / "bad", "bad.wav: cannot read audio")
+        assert overlapping.take(out / "bad") == FAILED  # the failing run has ended: its mark stays
+    assert [p.name for p in (out / ".birdsep" / "claims").iterdir()] == [failing.path(out / "bad").name]
+    with Claims(out) as later:
+        assert later.take(out / "bad") == MINE  # a re-run tries it again
+    assert not (out / ".birdsep").exists()
+
+
 def test_claims_of_a_dead_run_are_taken_over(tmp_path):
     out = tmp_path / "out"
     with Claims(out) as a, Claims(out) as b:

@@ -107,8 +107,9 @@ def test_two_runs_on_one_folder_share_its_files(cluster, recordings, tmp_path):
     assert a + b == GOOD and fa + fb == 1, done  # nothing done twice, nothing left
     assert sorted(d[2] for d in done) == [0, 1]  # the run that failed the broken file says so; the other does not
     assert len(error_lines(out)) == 1
-    assert len(list(out.glob("*/separation.json"))) == GOOD and not (out / ".birdsep").exists()
-    assert not list(out.rglob("*.tmp"))
+    assert len(list(out.glob("*/separation.json"))) == GOOD and not list(out.rglob("*.tmp"))
+    marks = list((out / ".birdsep" / "claims").iterdir())  # only the broken file's failed mark is left
+    assert len(marks) == 1 and marks[0].name.startswith("broken-")
     again = subprocess.run([sys.executable, "-m", "birdsep", "separate", str(recordings), "-o", str(out), "-q",
                             "--precision", "fp32"], capture_output=True, text=True, env=cluster.env, timeout=300)
     assert counts(again.stdout) == (0, GOOD, 0, 1)
@@ -136,14 +137,14 @@ def test_lost_node_loses_no_file(cluster, recordings, tmp_path):
     cluster has one node after it."""
     out = tmp_path / "out"
     proc = separate(cluster, recordings, out, wait=False)
-    deadline = time.monotonic() + 300
-    while len(list(out.glob("*/separation.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # both workers are at work by the third result
+    while len(list(out.glob("*/separation.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     raylet = cluster.raylet(NODE_IP)
     subprocess.run(["kill", "-9", str(raylet)], check=True)
     stdout, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 1 and counts(stdout) == (GOOD, 0, 0, 1), stdout + stderr
-    assert stderr.count("trying it again") == 1 and "given up" not in stderr
+    assert stderr.count("trying it again") <= 1 and "given up" not in stderr  # 0: it was between two files
     assert "Traceback" not in stderr
     assert len(list(out.glob("*/separation.json"))) == GOOD and not list(out.rglob("*.tmp"))
     assert len(error_lines(out)) == 1

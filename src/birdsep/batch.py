@@ -241,7 +241,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
     the cluster holds) and ``device`` (auto | cuda) gives each one a GPU where the cluster has them.
     """
     stream = stream or sys.stdout
-    summary = BatchSummary()
+    summary, started = BatchSummary(), time.time()
     todo: list[tuple[Path, Path | None]] = []
     missing: list[str] = []
     for item in inputs:
@@ -299,7 +299,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
             bar.finish(path, None, len(summary.failed))
 
         if todo:
-            claims = stack.enter_context(Claims(out)) if out is not None and target_for else None
+            claims = stack.enter_context(Claims(out, started)) if out is not None and target_for else None
             _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix)
     return summary
 

@@ -9,15 +9,18 @@ and on NFS alike. The claim names its run; the run keeps a *lease*
 :data:`HEARTBEAT` seconds while it lives.
 
 * A file claimed by a live run is left to it ("busy"); once that run has finished it, this
-  run finds it done and skips it. A file that run *failed* stays marked as failed until that
-  run ends, so a concurrent run neither retries it nor logs it a second time.
+  run finds it done and skips it.
+* A file a run *failed* keeps its claim, marked failed with the time, after that run ends:
+  a run that was already going when the file failed neither retries it nor logs it a second
+  time; a run started later retries it (and takes the mark over), as a re-run does without
+  claims.
 * A claim is *stale* when its run's lease is gone, or older than :data:`LEASE` seconds, or
   its process is gone (same host only). A stale claim is taken over: renamed away (only one
   run's rename succeeds), checked to be the claim that was judged stale, then claimed anew.
-* At its end, an interrupted one included, a run removes its claims and its lease, so the
-  folder is left as it was (a re-run retries the files it failed, as without claims).
-  A run killed with ``kill -9`` leaves them; they go stale after :data:`LEASE` seconds (at
-  once for a process on the same host).
+* At its end, an interrupted one included, a run removes its lease and its claims but the
+  failed marks, so a folder without failures is left as it was. A run killed with
+  ``kill -9`` leaves them; they go stale after :data:`LEASE` seconds (at once for a process
+  on the same host).
 
 Clocks: staleness compares a lease's modification time with this host's clock; a lease of
 two minutes absorbs the skew of ordinary NTP-synchronised nodes.
@@ -47,7 +50,8 @@ class Claims:
     Use as a context manager: it takes the lease on entry and gives everything back on exit.
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, started: float | None = None):
+        """``started``: when the run began (default now); see :meth:`take`."""
         self.out = Path(out)
         self.root = self.out / FOLDER
         self.claims_dir, self.runs_dir = self.root / "claims", self.root / "runs"
@@ -55,6 +59,7 @@ class Claims:
         self.run = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:8]}"
         self.lease = self.runs_dir / f"{self.run}.json"
         self.mine: dict[Path, str] = {}  # claim file → state
+        self.started = time.time() if started is None else started
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -62,6 +67,9 @@ class Claims:
 
     def __enter__(self) -> "Claims":
         self.claims_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.claims_dir.glob(".*.tmp"):  # left by a run killed while it claimed
+            if _age(tmp) > LEASE:
+                tmp.unlink(missing_ok=True)
         files.write_json(self.lease, {"run": self.run, "host": self.host, "pid": self.pid, "started": time.time()})
         self._beat = threading.Thread(target=self._heartbeat, name="birdsep-lease", daemon=True)
         self._beat.start()
@@ -71,8 +79,9 @@ class Claims:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
-        for claim in list(self.mine):
-            self._drop(claim)
+        for claim, state in list(self.mine.items()):
+            if state != FAILED:  # a failed mark stays (see the module doc)
+                self._drop(claim)
         self.mine.clear()
         self.lease.unlink(missing_ok=True)
         for folder in (self.claims_dir, self.runs_dir, self.root):  # only if nobody else uses them
@@ -103,7 +112,8 @@ class Claims:
 
     def take(self, target: Path) -> str:
         """Claim ``target``: :data:`MINE` (this run may work on it), :data:`BUSY` (a live run
-        works on it) or :data:`FAILED` (a live run failed it)."""
+        works on it) or :data:`FAILED` (a live run failed it, or a run that failed it while this
+        one was going)."""
         claim = self.path(target)
         if claim in self.mine:
             return MINE
@@ -115,13 +125,16 @@ class Claims:
                 if claim.exists() and _age(claim) > LEASE:
                     claim.unlink(missing_ok=True)  # a claim nobody can read: garbage
                 continue
+            failed = owner.get("state") == FAILED
             if self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid")):
-                return FAILED if owner.get("state") == FAILED else BUSY
+                return FAILED if failed else BUSY
+            if failed and owner.get("since", 0) >= self.started:  # failed by a run that overlapped this one
+                return FAILED
             self._take_over(claim, owner)
         return BUSY
 
     def failed(self, target: Path, line: str) -> None:
-        """Mark this run's claim on ``target`` as failed (kept until the run ends)."""
+        """Mark this run's claim on ``target`` as failed (the mark outlives the run)."""
         claim = self.path(target)
         if claim in self.mine:
             files.write_json(claim, {**self._record(target), "state": FAILED, "error": line})
