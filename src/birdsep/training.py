@@ -120,7 +120,7 @@ def start(opts: TrainOptions, marker: Path) -> Path:
     if min(opts.steps, opts.batch_size, opts.checkpoint_every) < 1:
         raise UsageError("--steps, --batch-size and --checkpoint-every must be at least 1")
     out = Path(opts.out)
-    if marker.exists() and not opts.resume:
+    if marker.exists() and not opts.resume and is_primary():
         raise UsageError(f"{out} already holds a training run; pass --resume to carry on, or choose another --out")
     if opts.threads:
         import torch
@@ -128,6 +128,22 @@ def start(opts: TrainOptions, marker: Path) -> Path:
         torch.set_num_threads(opts.threads)
     quiet_lightning()
     return out
+
+
+def is_primary() -> bool:
+    """Whether this is the first process of a training (global rank 0), or the only one.
+
+    Read from the environment before any process group exists: a distributed training's other
+    processes start the command from the beginning (Lightning relaunches it with ``LOCAL_RANK``
+    for each further device; a launcher or scheduler sets ``NODE_RANK``, ``GROUP_RANK``
+    (torchrun), ``RANK`` or ``SLURM_PROCID``). Only the first one checks the run folder and
+    writes the run's own files (options, model), so that the others neither race it nor
+    take the folder it has just started for someone else's run.
+    """
+    import os
+
+    return all(os.environ.get(name, "0") in ("", "0")
+               for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
 
 def find_checkpoint(folder: Path, opts: TrainOptions, who: str) -> Path | None:

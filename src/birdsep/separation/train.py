@@ -95,15 +95,17 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     index = RecordingIndex.build(data, opts.exclude, cache=out / "data_index.json", progress=opts.progress)
-    for line in index.skipped:
+    primary = training.is_primary()  # the other processes of a distributed training leave the run's files to it
+    for line in index.skipped if primary else ():
         print(f"skipped {line}")
     if not index.recordings:
         raise UsageError("no usable audio in " + " ".join(data))
-    print(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
-          f"model {opts.preset} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
-    files.write_json(options_file, {
-        "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": list(data), "resumes": resumes,
-    })
+    if primary:
+        print(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
+              f"model {opts.preset} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
+        files.write_json(options_file, {
+            "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": list(data), "resumes": resumes,
+        })
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
     loader = torch.utils.data.DataLoader(
@@ -123,6 +125,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
         logger=training.loggers(out / "logs", csv=("csv", None), tensorboard=("tensorboard", None)),
         gradient_clip_val=opts.grad_clip, log_every_n_steps=min(10, opts.checkpoint_every))
     training.fit(trainer, module, loader, resume_from)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
-    print(f"model written to {out} (step {trainer.global_step})")
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")  # every process takes part; the first one writes
+    if trainer.is_global_zero:
+        print(f"model written to {out} (step {trainer.global_step})")
     return out
