@@ -60,20 +60,27 @@ class LoopbackCluster:
                     "RAY_health_check_failure_threshold": "4"}
         self.logs = self.tmp / "ray-start.log"
 
-    def _start(self, args: list[str], env: dict[str, str]) -> None:
-        with open(self.logs, "a") as log:
-            done = subprocess.run([RAY, "start", *args, "--num-cpus=1", "--object-store-memory=80000000",
-                                   "--disable-usage-stats", "--log-style=record"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, timeout=180)
-        if done.returncode:
-            raise RuntimeError(f"ray start failed:\n{self.logs.read_text()[-3000:]}")
+    def _start(self, args, env: dict[str, str], node_ip: str, attempts: int = 3) -> None:
+        """``ray start`` with ``args()`` (fresh ports each time); tried again, after ending what
+        the failed try left of that node, when it fails: on a loaded machine the raylet can
+        miss Ray's fixed 30 s to register."""
+        for attempt in range(attempts):
+            with open(self.logs, "a") as log:
+                done = subprocess.run([RAY, "start", *args(), "--num-cpus=1", "--object-store-memory=80000000",
+                                       "--disable-usage-stats", "--log-style=record"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, timeout=180)
+            if not done.returncode:
+                return
+            self.stop(node_ip if node_ip != HEAD_IP else None)
+        raise RuntimeError(f"ray start failed {attempts} times:\n{self.logs.read_text()[-3000:]}")
 
     def start(self) -> "LoopbackCluster":
         self.temp = self.tmp / "ray"  # short: Ray's socket paths must stay under 108 characters
-        self._start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}", f"--temp-dir={self.temp}",
-                     "--include-dashboard=false", '--resources={"head": 1}', *_ports(HEAD_IP, True)], self.env)
-        self._start([f"--address={self.address}", f"--node-ip-address={NODE_IP}", '--resources={"second": 1}',
-                     *_ports(NODE_IP, False)], self.env)
+        self._start(lambda: ["--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}", f"--temp-dir={self.temp}",
+                             "--include-dashboard=false", '--resources={"head": 1}', *_ports(HEAD_IP, True)],
+                    self.env, HEAD_IP)
+        self._start(lambda: [f"--address={self.address}", f"--node-ip-address={NODE_IP}", '--resources={"second": 1}',
+                             *_ports(NODE_IP, False)], self.env, NODE_IP)
         return self
 
     def processes(self, node_ip: str | None = None) -> dict[int, str]:
@@ -105,9 +112,9 @@ class LoopbackCluster:
         assert len(found) == 1, found
         return found[0]
 
-    def stop(self) -> None:
-        """End this cluster's processes: SIGTERM, then SIGKILL for what is left after 10 s."""
-        pids = self.processes()
+    def stop(self, node_ip: str | None = None) -> None:
+        """End this cluster's processes (or one node's): SIGTERM, then SIGKILL for what is left after 10 s."""
+        pids = self.processes(node_ip)
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             for pid in pids:
                 try:
