@@ -2,8 +2,9 @@
 what each process of a distributed training does, for the DDP tests (never used otherwise).
 
 Into the folder ``$BIRDSEP_PROBE``, each process appends at every training step
-``step sha1-of-its-batch`` to ``rank-<global rank>.txt``, and every checkpoint written appends
-``<global rank> <path>`` to ``saves.txt``. Lightning starts the other processes of a
+``step sha1-of-its-batch`` to ``rank-<global rank>.txt``, and every Lightning checkpoint
+serialised (``torch.save`` of a dict with a ``global_step``, however the trainer writes it
+out) appends ``<global rank> <file>`` to ``saves.txt``. Lightning starts the other processes of a
 ``--devices N --strategy ddp`` run by running this same script again, so they record too.
 """
 import hashlib
@@ -12,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from birdsep.cli import main
 from birdsep.separation.train import MixITModule
@@ -37,16 +37,17 @@ def training_step(self, batch, batch_idx):
     return _training_step(self, batch, batch_idx)
 
 
-_save = TorchCheckpointIO.save_checkpoint
+_save = torch.save
 
 
-def save_checkpoint(self, checkpoint, path, storage_options=None):
-    _append("saves.txt", f"{_rank()} {path}")
-    return _save(self, checkpoint, path, storage_options)
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and "global_step" in obj:
+        _append("saves.txt", f"{_rank()} {getattr(f, 'name', f)}")
+    return _save(obj, f, *args, **kwargs)
 
 
 MixITModule.training_step = training_step
-TorchCheckpointIO.save_checkpoint = save_checkpoint
+torch.save = save
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
