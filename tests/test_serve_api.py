@@ -70,11 +70,11 @@ def _wait_done(client, rid, timeout=120.0, **settings):
 
 def test_config_offers_the_shipped_separators_and_the_cli_defaults(tree, tmp_path):
     from birdsep.detect import ClassifyOptions
-    from birdsep.pretrained import shipped_separators
+    from birdsep.pretrained import DEFAULT_SEPARATOR, shipped_separators
 
     c = _client(tree, tmp_path).get("/api/config").json()
     assert [s["name"] for s in c["separators"]] == [s["name"] for s in shipped_separators()]
-    assert c["separators"][0]["default"] and c["separators"][0]["name"] == "separator_small_m4"
+    assert c["separators"][0]["default"] and c["separators"][0]["name"] == DEFAULT_SEPARATOR.name
     assert c["defaults"]["mode"] == ClassifyOptions().mode and c["defaults"]["min_conf"] == ClassifyOptions().min_conf
     assert c["defaults"]["classifier"] is None and c["classifiers"] == []  # none asked for
     run = tmp_path / "runs" / "my_classifier"

@@ -134,7 +134,8 @@ def _add_train_separator(sub) -> None:
     p = sub.add_parser("train-separator", help="train a MixIT separator on unlabelled recordings")
     p.add_argument("data", nargs="+", help="audio files or folders (recursive)")
     training.add_flags(p, training.SeparatorTrainOptions)
-    p.add_argument("--preset", default="small", help="model size: small | paper | stft (default small)")
+    p.add_argument("--preset", default="stft",
+                   help="design: stft (default: 32 kHz STFT masks, the shipped models' design) | stft-wide | small | paper")
     p.add_argument("--sources", type=int, default=None, help="number of output sources M (default: the preset's)")
     p.add_argument("--clip-seconds", type=float, default=None, help="mixture length (default: the preset's)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip files matching this glob (repeatable)")
