@@ -2,8 +2,9 @@
 
     InputError              something the user gave us cannot be used
     ├── AudioError          an audio file: unreadable, empty, too short, NaN-filled …
-    └── UsageError          what was asked for: an option, a model or run folder, a table,
-                            a species list, a taxonomy CSV, a missing optional extra
+    ├── UsageError          what was asked for: an option, a model or run folder, a table,
+    │                       a species list, a taxonomy CSV, a missing optional extra
+    └── StorageError        an output cannot be written: the disk (or the user's quota) is full
 
 A command stops on an ``InputError`` with exit code 2; a batch reports an ``InputError``
 raised for one of its files as that file's line in ``errors.log`` and goes on. Anything else
@@ -36,6 +37,16 @@ class UsageError(InputError):
         return cls(f"{path}: {reason}")
 
 
+class StorageError(InputError):
+    """An output cannot be written because its file system is full; ``str(err)`` is ``<path>: <reason>``.
+    The file's previous version, if any, is intact (every write is atomic)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
 def require(module: str, extra: str, what: str) -> None:
     """Raise a one-line UsageError when ``module`` (from the optional ``extra``) is not installed."""
     import importlib.util
@@ -44,4 +55,4 @@ def require(module: str, extra: str, what: str) -> None:
         raise UsageError(f'{what} needs the {extra} extra: pip install "birdsep[{extra}]"')
 
 
-__all__ = ["InputError", "AudioError", "UsageError", "require"]
+__all__ = ["InputError", "AudioError", "UsageError", "StorageError", "require"]

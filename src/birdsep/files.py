@@ -3,7 +3,8 @@
 * **Atomic writes.** :func:`atomic` yields a temporary path beside the final one and renames
   it into place only when the block succeeds, so a ``kill -9`` never leaves a finished-looking
   half file; every writer in birdsep (audio, tables, JSON, pictures, checkpoints, weights)
-  goes through it.
+  goes through it. A full disk is one :class:`~birdsep.errors.StorageError` line, the
+  previous version of the file intact.
 * **Inputs.** :func:`find_audio` expands files and folders into ``(file, root)`` pairs;
   :func:`output_path` names a file's outputs under OUT, mirroring the input tree.
 * **Weights.** :func:`save_weights` / :func:`load_weights`: ``model.safetensors`` beside
@@ -15,6 +16,7 @@ Imports nothing heavy (safetensors only when weights are read or written).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from birdsep.errors import UsageError
+from birdsep.errors import StorageError, UsageError
 
 #: Extensions collected when a folder is given (libsndfile's formats, MP3 included).
 AUDIO_EXTENSIONS = frozenset(
@@ -51,15 +53,47 @@ def temp_beside(final: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+#: errno values of a full file system or quota
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 @contextmanager
-def atomic(final: str | os.PathLike) -> Iterator[Path]:
-    """``with atomic(path) as tmp: write tmp`` → ``path`` appears complete, or not at all."""
-    tmp = temp_beside(final)
+def atomic(final: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+    """``with atomic(path) as tmp: write tmp`` → ``path`` appears complete, or not at all.
+
+    ``durable``: the data reaches the disk before the rename (for files a crash of the whole
+    machine must not leave empty, e.g. checkpoints). A full disk raises :class:`StorageError`
+    naming ``final``, whose previous version is left as it was.
+    """
+    tmp = None
     try:
+        tmp = temp_beside(final)
         yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, final)
+    except Exception as exc:
+        full = full_disk(exc)
+        if full is not None:
+            raise StorageError(final, f"cannot be written: {os.strerror(full.errno).lower()}") from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def full_disk(exc: BaseException | None) -> OSError | None:
+    """The "no space left" error behind ``exc``: itself, or one it was raised while handling
+    (``torch.save`` turns it into a RuntimeError)."""
+    for _ in range(64):  # along the chain of exceptions raised while handling others
+        if exc is None or isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -127,11 +161,11 @@ def output_path(path: Path, root: Path, out: Path) -> Path:
 
 def save_state(path: str | os.PathLike, state: dict, metadata: dict[str, str] | None = None) -> None:
     """A state dict as safetensors (CPU, contiguous), atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    blob = save({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata=metadata)
     with atomic(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(blob)  # written by Python, so that a full disk is an OSError (errno ENOSPC)
 
 
 def save_weights(folder: str | os.PathLike, kind: str, config: dict, state: dict) -> Path:

@@ -8,22 +8,34 @@
 * :func:`add_flags` puts those options on a command's parser (``birdsep.cli.options_from``
   reads them back, with the trainer's own flags, into the trainer's options class).
 * :func:`start` settles a run folder (refusing to overwrite a run without ``--resume``),
-  threads and Lightning's chatter; :func:`find_checkpoint` is the one place a resumed run
-  finds the checkpoint it continues from; :func:`make_trainer` builds every ``Trainer`` with
-  atomic checkpoints (:func:`checkpoints`), CSV and TensorBoard logs (:func:`loggers`) and a
-  progress bar; :func:`fit` runs it.
+  threads and Lightning's chatter.
+* Resuming: :func:`stored_run` compares the options with those the run was started with
+  (changes that keep the model and its data are reported, the others refused unless
+  ``--allow-changed-options``); :func:`find_checkpoint` is the one place a resumed run finds
+  its checkpoint: the newest by the step stored inside, whatever its name, damaged ones
+  skipped. Batches are drawn by step (:mod:`birdsep.batches`) and random operations in a step
+  seeded by it, so a resumed run trains exactly as an uninterrupted one.
+* :func:`make_trainer` builds every ``Trainer``: checkpoints written atomically and durably,
+  always to ``last.ckpt`` (never ``last-v1.ckpt``), a final one when training ends or is
+  stopped (first Ctrl-C or SIGTERM: after the current step), a changed ``--lr`` applied, CSV
+  and TensorBoard logs (:func:`loggers`) and a progress bar; :func:`fit` runs it and turns a
+  full disk into one line. Only rank 0 writes files; every rank resumes from the same one.
 
 Lightning is imported only when a training starts, so that ``--help`` stays fast.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
 
-from birdsep.errors import UsageError
+from birdsep import files
+from birdsep.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from birdsep.classification.augment import AugmentConfig
@@ -36,6 +48,15 @@ PRECISION_ALIASES = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"
 
 @dataclass(frozen=True, kw_only=True)
 class TrainOptions:
+    #: options a resumed run may change: they change neither the model nor the data it sees
+    FREE: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "checkpoint_every", "workers", "precision",
+                                                "accelerator", "devices", "strategy", "num_nodes", "threads",
+                                                "progress"})
+    #: options never compared when a run resumes
+    UNCOMPARED: ClassVar[frozenset[str]] = frozenset({"out", "resume", "allow_changed_options"})
+    #: options naming files or folders (compared as the paths they resolve to)
+    PATHS: ClassVar[frozenset[str]] = frozenset()
+
     out: str
     steps: int = 2000
     batch_size: int = 16
@@ -51,11 +72,14 @@ class TrainOptions:
     num_nodes: int = 1
     threads: int | None = None
     progress: bool = True
+    allow_changed_options: bool = False  # resume even when options that change the model or data differ
 
 
 @dataclass(frozen=True, kw_only=True)
 class SeparatorTrainOptions(TrainOptions):
     """``birdsep train-separator`` (:func:`birdsep.separation.train.train_separator`)."""
+
+    UNCOMPARED = TrainOptions.UNCOMPARED | {"init_from"}  # only a new run starts from it
 
     steps: int = 10000
     batch_size: int = 4
@@ -73,6 +97,9 @@ class SeparatorTrainOptions(TrainOptions):
 @dataclass(frozen=True, kw_only=True)
 class ClassifierTrainOptions(TrainOptions):
     """``birdsep train-classifier`` (:func:`birdsep.classification.train.train_classifier`)."""
+
+    UNCOMPARED = TrainOptions.UNCOMPARED | {"augment"}  # not a flag: follows from --no-augment
+    PATHS = frozenset({"noise", "species_list", "taxonomy"})
 
     noise: tuple[str, ...] = ()
     species_list: str | None = None
@@ -98,7 +125,12 @@ def add_flags(p, defaults: type[TrainOptions]) -> None:
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"examples per step (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="carry on from the run directory's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on from the run directory's newest checkpoint (changing options that keep the model "
+                        "and its data: --steps, --lr, --checkpoint-every, --workers, --threads, --precision, devices)")
+    p.add_argument("--allow-changed-options", action="store_true",
+                   help="with --resume: carry on even though options that change the model or its data differ from "
+                        "the run's (the model's design stays the run's)")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--workers", type=int, default=d["workers"], help=f"data loading processes (default {d['workers']})")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
@@ -122,6 +154,8 @@ def start(opts: TrainOptions, marker: Path) -> Path:
     out = Path(opts.out)
     if marker.exists() and not opts.resume and is_primary():
         raise UsageError(f"{out} already holds a training run; pass --resume to carry on, or choose another --out")
+    if opts.resume and out.is_dir() and is_primary():
+        files.remove_stale_temps(out)  # left by a run killed while writing
     if opts.threads:
         import torch
 
@@ -140,26 +174,158 @@ def is_primary() -> bool:
     writes the run's own files (options, model), so that the others neither race it nor
     take the folder it has just started for someone else's run.
     """
-    import os
-
     return all(os.environ.get(name, "0") in ("", "0")
                for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
 
-def find_checkpoint(folder: Path, opts: TrainOptions, who: str) -> Path | None:
+def say(line: str, error: bool = False) -> None:
+    """One line for the user (stdout, or stderr for ``error``), from rank 0 only."""
+    if is_primary():
+        print(line, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def write_run(path: Path, blob: dict) -> None:
+    """The run file (``options.json``, ``run.json``): written by rank 0 only, atomically."""
+    if is_primary():
+        files.write_json(path, blob, indent=1)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint a run resumes from: its file and the optimisation step stored inside."""
+
+    path: Path
+    step: int
+
+
+def find_checkpoint(folder: Path, opts: TrainOptions, who: str) -> Checkpoint | None:
     """The checkpoint a run continues from with ``--resume`` (None: start from scratch).
 
-    ``folder`` holds the run's (or ensemble member's) checkpoints; ``who`` names it in the
-    line that says where training resumes from.
+    The newest of ``folder``'s ``*.ckpt`` files by the step stored inside, whatever their
+    names (``last.ckpt``, ``last-v1.ckpt`` of older versions, ``step-N.ckpt``); ``last.ckpt``
+    wins a tie. A file that does not load (truncated, corrupt) is skipped with one line; when
+    none loads, the run stops rather than start again over them. ``who`` begins these lines.
+    Every rank of a distributed run picks the same file; rank 0 alone speaks and deletes the
+    temporary files a run killed while writing left behind.
     """
-    last = folder / "last.ckpt"
     if not opts.resume:
         return None
-    if not last.is_file():
-        log.warning("%s: no checkpoint in %s yet, starting from scratch", who, folder)
+    if is_primary() and folder.is_dir():
+        files.remove_stale_temps(folder)
+    found, damaged = [], []
+    for path in sorted(folder.glob("*.ckpt")):
+        try:
+            found.append(Checkpoint(path, _stored_step(path)))
+        except Exception as exc:  # whatever torch.load makes of a damaged file
+            damaged.append(path)
+            say(f"{who} skipped {path}: damaged checkpoint ({_first_line(exc)})", error=True)
+    if not found:
+        if damaged:
+            raise UsageError.of(folder, "no checkpoint here loads; move the damaged ones away to start the run again")
+        say(f"{who} no checkpoint in {folder} yet, starting from scratch", error=True)
         return None
-    print(f"{who} resumes from {last}", flush=True)
-    return last
+    best = max(found, key=lambda c: (c.step, c.path.name == "last.ckpt", c.path.stat().st_mtime))
+    say(f"{who} resumes from {best.path} (step {best.step})")
+    return best
+
+
+def _stored_step(path: Path) -> int:
+    """The step inside a checkpoint, read as Lightning will load it (tensors mapped, not read)."""
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):  # its directory is at the end: missing when cut short
+        raise ValueError("truncated, or not a checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    if not isinstance(step, int) or "state_dict" not in ckpt:
+        raise ValueError("not a training checkpoint")
+    return step
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def stored_run(path: Path, opts: TrainOptions, data: list[str], who: str,
+               effective: Callable[[dict], dict] = lambda options: options) -> dict | None:
+    """The run file (``options.json``, ``run.json``) of the run ``opts`` resumes, or None (not
+    resuming, or none written yet), once its options agree with ``opts``.
+
+    The options in ``FREE`` of ``opts``' class may change: the changes are reported on one
+    line. Any other difference (the model or its data would change; ``data`` included) is
+    refused with one :class:`UsageError` line unless ``--allow-changed-options``. An option
+    the file lacks (written by an older birdsep) counts as its default; ``effective`` fills in,
+    on both sides, what a value left to a default stands for (e.g. a preset's source count).
+    """
+    if not opts.resume or not path.is_file():
+        return None
+    try:
+        blob = json.loads(path.read_text(encoding="utf-8"))
+        stored = dict(blob["options"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError.of(path, f"unreadable run file ({exc})") from None
+    fields = [f for f in dataclasses.fields(opts) if f.name not in opts.UNCOMPARED]
+    now = effective({f.name: getattr(opts, f.name) for f in fields})
+    before = effective({f.name: stored.get(f.name, _default(f)) for f in fields})
+    changes = [(name, before[name], now[name]) for name in now
+               if not _same(before[name], now[name], paths=name in opts.PATHS)]
+    if "data" in blob and not _same(_listed(blob["data"]), list(data), paths=True):
+        changes.append(("data", _listed(blob["data"]), list(data)))
+    fixed = [c for c in changes if c[0] not in opts.FREE]
+    if fixed and not opts.allow_changed_options:
+        raise UsageError(f"{opts.out} was started with {_changes(fixed, started=True)}: that would change the model "
+                         "or its data; resume with the run's values, or add --allow-changed-options to carry on "
+                         "with the new ones (the model's design stays the run's)")
+    if fixed:
+        say(f"{who} carries on with options that change the model or its data (--allow-changed-options; the "
+            f"model's design stays the run's): {_changes(fixed)}")
+    if len(changes) > len(fixed):
+        say(f"{who} resumes with changed options: {_changes([c for c in changes if c not in fixed])}")
+    return blob
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _listed(value) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _same(a, b, paths: bool = False) -> bool:
+    a, b = (json.loads(json.dumps(v, default=str)) for v in (a, b))  # tuples → lists
+    if a == b:
+        return True
+    if not paths or a is None or b is None:
+        return False
+    real = lambda v: [os.path.realpath(p) for p in _listed(v)]  # noqa: E731
+    return real(a) == real(b)
+
+
+def _changes(changes: list[tuple[str, object, object]], started: bool = False) -> str:
+    """``--steps 10 → 20, …`` (``started``: ``--preset stft (now small), …``)."""
+    def flag(name):
+        return {"data": "data", "progress": "progress bar"}.get(name, "--" + name.replace("_", "-"))
+
+    def show(v):
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(str, v)) if len(v) <= 3 else f"{len(v)} entries"
+        if isinstance(v, bool) or v is None:
+            return {True: "on", False: "off", None: "default"}[v]
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{flag(n)} {show(a)} (now {show(b)})" if started else f"{flag(n)} {show(a)} → {show(b)}"
+                     for n, a, b in changes)
+
+
+# ----------------------------------------------------------------------------- the trainer
 
 
 def quiet_lightning() -> None:
@@ -173,7 +339,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"lightning\..*", category=DeprecationWarning)
     for pattern in (".*LeafSpec.*", ".*weights_only.*", ".*litlogger.*", ".*does not have many workers.*",
-                    ".*IterableDataset.*__len__.*"):
+                    ".*IterableDataset.*__len__.*", ".*exists and is not empty.*", ".*dataloader is not resumable.*",
+                    ".*callbacks used to create the checkpoint.*"):  # checkpoints of older birdsep versions
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -185,17 +352,6 @@ def parse_devices(value: str):
     if "," in value:
         return [int(v) for v in value.split(",") if v]
     return int(value) if value.lstrip("-").isdigit() else value
-
-
-def checkpoints(folder: Path, every: int, step_files: bool = False):
-    """Lightning's checkpoint callback: ``folder/last.ckpt`` every ``every`` steps (and, with
-    ``step_files``, the latest ``step-N.ckpt`` beside it)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    if step_files:
-        return ModelCheckpoint(dirpath=folder, filename="step-{step}", auto_insert_metric_name=False,
-                               every_n_train_steps=every, save_last=True, save_top_k=1, monitor=None)
-    return ModelCheckpoint(dirpath=folder, every_n_train_steps=every, save_last=True, save_top_k=0)
 
 
 def loggers(folder: Path, csv: tuple[str, str | None], tensorboard: tuple[str, str | None],
@@ -213,39 +369,166 @@ def loggers(folder: Path, csv: tuple[str, str | None], tensorboard: tuple[str, s
     return out
 
 
-def make_trainer(opts: TrainOptions, root: Path, callbacks: list, logger: list, **settings):
-    """A Lightning ``Trainer`` for ``opts``: atomic checkpoints, a progress bar, no model summary.
-    ``settings`` go to the Trainer as they are (e.g. ``gradient_clip_val``)."""
+def make_trainer(opts: TrainOptions, root: Path, checkpoints: Path, callbacks: list, logger: list,
+                 step_files: bool = False, **settings):
+    """A Lightning ``Trainer`` for ``opts`` that checkpoints into ``checkpoints`` (``last.ckpt``
+    every ``--checkpoint-every`` steps and when training ends or is stopped, and with
+    ``step_files`` the latest ``step-N.ckpt`` beside it), shows a progress bar and no model
+    summary. ``settings`` go to the Trainer as they are (e.g. ``gradient_clip_val``)."""
     import lightning.pytorch as pl
 
     return pl.Trainer(
         max_steps=opts.steps, max_epochs=-1, precision=PRECISION_ALIASES.get(opts.precision, opts.precision),
         accelerator=opts.accelerator, devices=parse_devices(opts.devices), strategy=opts.strategy,
-        num_nodes=opts.num_nodes, callbacks=callbacks + ([_progress_bar()] if opts.progress else []), logger=logger,
-        plugins=[_atomic_checkpoint_io()], enable_progress_bar=opts.progress, enable_model_summary=False,
-        default_root_dir=root, **settings)
+        num_nodes=opts.num_nodes, logger=logger, plugins=[_atomic_checkpoint_io()], enable_progress_bar=opts.progress,
+        callbacks=callbacks + _callbacks(opts, checkpoints, step_files) + ([_progress_bar()] if opts.progress else []),
+        enable_model_summary=False, default_root_dir=root, **settings)
 
 
-def fit(trainer, module, loader, checkpoint: Path | None) -> None:
-    """``trainer.fit``, resuming from ``checkpoint``; Lightning's own exit after Ctrl-C or
-    SIGTERM is not an error (the caller looks at ``trainer.interrupted``)."""
+def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
+    """``trainer.fit``, resuming from ``resume``. A full disk is one :class:`StorageError`
+    line; a run stopped before its last step (Ctrl-C, SIGTERM) says so on one line and raises
+    ``KeyboardInterrupt``."""
     try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(checkpoint) if checkpoint else None)
-    except SystemExit:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
+    except SystemExit:  # Lightning's own exit after Ctrl-C or SIGTERM
         pass
+    except Exception as exc:
+        full = _no_space(exc)
+        if full is None:
+            raise
+        raise StorageError(full.path, f"{full.reason}; the last checkpoint is intact: free some space, then "
+                                      "carry on with --resume") from None
+    if trainer.global_step < trainer.max_steps:
+        say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
+        raise KeyboardInterrupt
+
+
+def _no_space(exc: BaseException | None) -> StorageError | None:
+    """The full disk behind ``exc`` or what it interrupted, if any: the first write that failed
+    (Lightning's clean-up after a failed checkpoint may fail to write its logs too)."""
+    first, e = None, exc
+    for _ in range(64):  # along the chain of exceptions raised while handling others
+        if e is None:
+            break
+        if isinstance(e, StorageError):
+            first = e
+        e = e.__cause__ or e.__context__
+    if first is not None:
+        return first
+    full = files.full_disk(exc)
+    return None if full is None else StorageError(full.filename or "the run's logs",
+                                                  f"cannot be written: {os.strerror(full.errno).lower()}")
+
+
+def _callbacks(opts: TrainOptions, folder: Path, step_files: bool) -> list:
+    """What every training has: checkpoints (:func:`_checkpoints`), a final one, random
+    operations seeded by the step, a changed ``--lr`` applied, a clean stop on Ctrl-C."""
+    import math
+    import signal
+    import threading
+
+    import lightning.pytorch as pl
+    import numpy as np
+    import torch
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class FinalCheckpoint(pl.Callback):
+        """``last.ckpt`` at the step training ends on: finished, or stopped after a whole step
+        by Ctrl-C (:class:`StopCleanly`) or SIGTERM (Lightning)."""
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            trainer.save_checkpoint(folder / "last.ckpt")
+
+        def on_exception(self, trainer, pl_module, exception) -> None:
+            if isinstance(exception, SIGTERMException):
+                trainer.save_checkpoint(folder / "last.ckpt")
+
+    class StepSeed(pl.Callback):
+        """Random operations of step k (dropout, drop-path) seeded by (seed, k, rank), like its
+        batch (:mod:`birdsep.batches`): a resumed run repeats them as an uninterrupted one would."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            entropy = [opts.seed, trainer.global_step, trainer.global_rank]
+            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
+    class NewLearningRate(pl.Callback):
+        """A run resumed with another ``--lr``: the optimizer restored from the checkpoint and
+        its schedule take it from there on (Lightning would keep the old one)."""
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    base = group.get("initial_lr", group["lr"])
+                    if base and not math.isclose(base, opts.lr):
+                        group["lr"] *= opts.lr / base
+                        if "initial_lr" in group:
+                            group["initial_lr"] = opts.lr
+            for config in trainer.lr_scheduler_configs:
+                if hasattr(config.scheduler, "base_lrs"):
+                    config.scheduler.base_lrs = [opts.lr] * len(config.scheduler.base_lrs)
+
+    class StopCleanly(pl.Callback):
+        """The first Ctrl-C ends training after the current step (checkpointed by
+        :class:`FinalCheckpoint`); a second one stops at once."""
+
+        def __init__(self):
+            self.asked, self.previous = False, None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if threading.current_thread() is threading.main_thread():
+                self.previous = signal.signal(signal.SIGINT, self.ask)
+
+        def ask(self, signum, frame) -> None:
+            self.asked = True
+            signal.signal(signal.SIGINT, self.previous)
+            say("\nstopping after this step (Ctrl-C again to stop at once)", error=True)
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.strategy.reduce_boolean_decision(self.asked, all=False):
+                trainer.should_stop = True
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self.previous is not None and signal.getsignal(signal.SIGINT) == self.ask:
+                signal.signal(signal.SIGINT, self.previous)
+
+        def on_exception(self, trainer, pl_module, exception) -> None:
+            self.on_train_end(trainer, pl_module)
+
+    return [_checkpoints(folder, opts.checkpoint_every, step_files), FinalCheckpoint(), StepSeed(),
+            NewLearningRate(), StopCleanly()]
+
+
+def _checkpoints(folder: Path, every: int, step_files: bool):
+    """Lightning's checkpoint callback: ``folder/last.ckpt`` every ``every`` steps, always
+    overwritten (never a ``last-v1.ckpt`` beside it), with ``step_files`` the latest
+    ``step-N.ckpt`` too. Its state is found again whatever ``--checkpoint-every`` a resumed
+    run is given, so that it still removes the step files it wrote before."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Checkpoints(ModelCheckpoint):
+        @property
+        def state_key(self) -> str:
+            return "birdsep.training.checkpoints"
+
+    kw = dict(dirpath=folder, every_n_train_steps=every, save_last=True, enable_version_counter=False)
+    if step_files:
+        return Checkpoints(filename="step-{step}", auto_insert_metric_name=False, save_top_k=1, monitor=None, **kw)
+    return Checkpoints(save_top_k=0, **kw)
 
 
 def _atomic_checkpoint_io():
-    """Checkpoints written to a temporary file and renamed: a ``kill -9`` never leaves a
-    half-written checkpoint under the final name."""
+    """Checkpoints written to a temporary file, synced to disk and renamed: neither a
+    ``kill -9`` nor a crash of the machine leaves a half-written checkpoint under the final
+    name, and a full disk leaves the previous one as it was (:class:`StorageError`)."""
     from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    from birdsep import files
 
     class AtomicCheckpointIO(TorchCheckpointIO):
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            with files.atomic(path) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
+            import torch
+
+            with files.atomic(path, durable=True) as tmp, open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)  # through a Python file: a full disk is an OSError
 
     return AtomicCheckpointIO()
 

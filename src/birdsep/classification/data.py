@@ -228,6 +228,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
         self.centres = mel_centres(cfg.frontend).numpy()
         self._epoch_rng: np.random.Generator | None = None
+        self._order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # an epoch and its permutation
 
     def __len__(self) -> int:
         return len(self.items)
@@ -239,7 +240,7 @@ class WindowDataset(torch.utils.data.Dataset):
             self._epoch_rng = np.random.default_rng([self.seed, info.id if info else 0, info.seed % 2**32 if info else 0])
         return self._epoch_rng
 
-    def _example(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
+    def _window(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, dict]:
         r, k = self.items[index]
         x = self.windows[r][k].astype(np.float32)
         a = self.augment
@@ -249,17 +250,33 @@ class WindowDataset(torch.utils.data.Dataset):
         return x, self.labels[r]
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Example ``index``, augmented with the dataset's own generator (one per loader worker)."""
+        return self.example(index, self._rng() if self.augment else None)
+
+    def batch(self, size: int, place: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Training batch number ``place`` (:mod:`birdsep.batches`): examples ``place·size`` to
+        ``place·size + size − 1`` of an endless run of epochs, each a permutation of the items
+        seeded by (seed, epoch), augmented with ``rng``."""
+        picks = []
+        for position in range(place * size, (place + 1) * size):
+            epoch, i = divmod(position, len(self.items))
+            if self._order[0] != epoch:
+                self._order = (epoch, np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.items)))
+            picks.append(int(self._order[1][i]))
+        return torch.utils.data.default_collate([self.example(i, rng) for i in picks])
+
+    def example(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        """Example ``index``, augmented with ``rng`` (None: not augmented)."""
         a = self.augment
-        rng = self._rng() if a else None
         gain = np.ones(len(self.centres), np.float32)
         if a and a.noise_only and self.noise and rng.random() < a.noise_only_p:
             clip = self.noise[rng.integers(len(self.noise))].astype(np.float32)
             x = aug.noise_only(clip, self.length, rng, *a.gain_range)
             lab = LabelSpace.no_labels(self.labels[0])
         else:
-            x, lab = self._example(index, rng)
+            x, lab = self._window(index, rng)
             if a and a.mix and rng.random() < a.mix_p and len(self.items) > 1:
-                x2, lab2 = self._example(int(rng.integers(len(self.items))), rng)
+                x2, lab2 = self._window(int(rng.integers(len(self.items))), rng)
                 x, lab = x + x2, LabelSpace.union(lab, lab2)
             if a and a.noise and self.noise and rng.random() < a.noise_p:
                 clip = self.noise[rng.integers(len(self.noise))].astype(np.float32)

@@ -10,22 +10,23 @@ RUN_DIR layout::
     members/<k>/member.safetensors  the member's weights once it has finished
     config.json + model.safetensors  the final (ensemble) classifier, loaded strictly
 
-``--resume`` carries on from each unfinished member's ``last.ckpt`` (e.g. after ``kill -9``);
-finished members are kept.
+``--resume`` carries on from each unfinished member's newest checkpoint (e.g. after ``kill -9``);
+finished members are kept. Batches are drawn by step (:mod:`birdsep.batches`), so a resumed
+member trains exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
-import sys
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from birdsep import files, training
+from birdsep import batches, files, training
 from birdsep.classification import model as M
 from birdsep.classification.data import LabelSpace, WindowDataset, activity_windows, noise_clips, read_labelled
 from birdsep.errors import AudioError, UsageError
@@ -33,6 +34,8 @@ from birdsep.taxonomy import Taxonomy, read_species_list
 from birdsep.training import ClassifierTrainOptions
 
 log = logging.getLogger(__name__)
+
+WHO = "birdsep train-classifier:"
 
 
 class ClassifierModule(pl.LightningModule):
@@ -88,7 +91,7 @@ def prepare(data: str, opts: ClassifierTrainOptions, cfg: M.ClassifierConfig | N
         try:
             w = activity_windows(r.path, cfg.sample_rate, cache, max_windows=opts.max_windows)
         except AudioError as exc:  # one line naming the file; the others go on
-            print(f"birdsep train-classifier: skipped {exc}", file=sys.stderr, flush=True)
+            training.say(f"{WHO} skipped {exc}", error=True)
             failed += 1
             continue
         windows.append(w)
@@ -114,56 +117,50 @@ def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
         augment = opts.augment.without(*opts.no_augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    cfg = None
-    if run_file.is_file():
-        blob = json.loads(run_file.read_text())
-        cfg = M.ClassifierConfig(**blob["classifier"])
-        if cfg.members != opts.ensemble or cfg.backbone != opts.backbone:
-            raise UsageError(f"{out} was started with --ensemble {cfg.members} --backbone {cfg.backbone}")
+    stored = training.stored_run(run_file, opts, [data], WHO)
+    cfg = M.ClassifierConfig(**stored["classifier"]) if stored else None  # the run's label space and design
     cfg, windows, labels, noise, failed = prepare(data, opts, cfg)
-    if not run_file.is_file():
-        blob = {"format_version": files.FORMAT_VERSION, "classifier": cfg.to_dict(),
-                "options": {**asdict(opts), "augment": asdict(augment)}, "data": str(data)}
-        files.write_json(run_file, blob, indent=1)
+    training.write_run(run_file, {**(stored or {"format_version": files.FORMAT_VERSION}), "classifier": cfg.to_dict(),
+                                  "options": {**asdict(opts), "augment": asdict(augment)},
+                                  "data": os.path.abspath(data)})
     if opts.noise == () and (augment.noise or augment.noise_only):
         log.warning("no --noise folders given: the noise augmentations are off")
     n_windows = sum(len(w) for w in windows)
-    print(f"birdsep train-classifier: {len(windows)} recordings, {n_windows} windows, {len(cfg.species)} species "
-          f"({len(cfg.genus)} genera, {len(cfg.family)} families, {len(cfg.order)} orders), {len(noise)} noise files",
-          flush=True)
+    training.say(f"{WHO} {len(windows)} recordings, {n_windows} windows, {len(cfg.species)} species "
+                 f"({len(cfg.genus)} genera, {len(cfg.family)} families, {len(cfg.order)} orders), "
+                 f"{len(noise)} noise files")
 
     members_dir = out / "members"
     for k in range(cfg.members):
         mdir = members_dir / str(k)
         final = mdir / "member.safetensors"
-        if final.is_file():
-            print(f"birdsep train-classifier: member {k} already trained", flush=True)
+        who = f"{WHO} member {k}"
+        ckpt_dir = mdir / "checkpoints"
+        resume = training.find_checkpoint(ckpt_dir, opts, who)
+        if final.is_file() and (resume is None or resume.step >= opts.steps):
+            training.say(f"{who} already trained")
             continue
         pl.seed_everything(opts.seed + k, verbose=False)
         ds = WindowDataset(windows, labels, cfg, augment, noise, seed=opts.seed + k)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=opts.batch_size, shuffle=True, drop_last=len(ds) >= opts.batch_size,
-            num_workers=opts.workers, persistent_workers=opts.workers > 0)
+        loader = batches.loader(functools.partial(ds.batch, opts.batch_size), opts.seed + k,
+                                resume.step if resume else 0, opts.workers)
         module = ClassifierModule(cfg, opts.lr, opts.steps)
-        ckpt_dir = mdir / "checkpoints"
         # One log folder per session, so a resumed run keeps the metrics from before the stop.
         session = f"session_{len(list((mdir / 'logs').glob('session_*[0-9]')))}"
         trainer = training.make_trainer(
-            opts, mdir, callbacks=[training.checkpoints(ckpt_dir, opts.checkpoint_every, step_files=True)],
+            opts, mdir, ckpt_dir, callbacks=[], step_files=True,
             logger=training.loggers(mdir, csv=("logs", session), tensorboard=("logs", f"{session}_tensorboard"),
                                     flush_every=max(1, min(100, opts.checkpoint_every))),
-            log_every_n_steps=max(1, min(10, opts.steps, len(loader))), num_sanity_val_steps=0, limit_val_batches=0)
-        resume_from = training.find_checkpoint(ckpt_dir, opts, f"birdsep train-classifier: member {k}")
-        training.fit(trainer, module, loader, resume_from)
-        if trainer.interrupted or trainer.global_step < opts.steps:  # stopped early: not a finished member
-            print(f"birdsep train-classifier: member {k} stopped at step {trainer.global_step}; "
-                  f"continue with --resume", file=sys.stderr, flush=True)
-            raise KeyboardInterrupt
-        files.save_state(final, module.model.state_dict())
+            log_every_n_steps=max(1, min(10, opts.steps)), num_sanity_val_steps=0, limit_val_batches=0)
+        training.fit(trainer, module, loader, resume, who)
+        if training.is_primary():
+            files.save_state(final, module.model.state_dict())
+    if not training.is_primary():  # rank 0 writes the ensemble
+        return out
     ensemble = M.Ensemble(cfg)
     for k, member in enumerate(ensemble.members):
         member.load_state_dict(files.load_state(members_dir / str(k) / "member.safetensors"), strict=True)
     M.save(ensemble, out)
-    print(f"birdsep train-classifier: wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"
-          + (f" ({failed} recording(s) skipped)" if failed else ""), flush=True)
+    training.say(f"{WHO} wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"
+                 + (f" ({failed} recording(s) skipped)" if failed else ""))
     return out

@@ -188,6 +188,12 @@ def draw_mom(sampler: WindowSampler, rng: np.random.Generator) -> np.ndarray:
     return np.stack([normalise(sampler.draw(rng), rng), normalise(sampler.draw(rng), rng)])
 
 
+def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator) -> torch.Tensor:
+    """A training batch of ``size`` MoMs (B, 2, T) drawn with ``rng`` (``place``: the batch's
+    number, :mod:`birdsep.batches`)."""
+    return torch.from_numpy(np.stack([draw_mom(sampler, rng) for _ in range(size)]))
+
+
 class MoMDataset(torch.utils.data.IterableDataset):
     """An endless stream of MoMs (2, T), seeded per seed, rank and worker."""
 

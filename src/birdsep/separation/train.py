@@ -1,25 +1,28 @@
 """Unsupervised MixIT training of the separator with Lightning (CPU, one GPU or many).
 
-RUN_DIR holds: ``options.json`` (what was asked), ``data_index.json`` (the scanned corpus),
-``checkpoints/last.ckpt`` (every ``checkpoint_every`` steps, written atomically),
-``logs/`` (CSV and TensorBoard), and the model itself as ``model.safetensors`` +
-``config.json``, refreshed at every checkpoint and at the end.
+RUN_DIR holds: ``options.json`` (what was asked, the model's config, the data; a resumed run
+is compared with it), ``data_index.json`` (the scanned corpus), ``checkpoints/last.ckpt``
+(every ``checkpoint_every`` steps and at the end, written atomically), ``logs/`` (CSV and
+TensorBoard), and the model itself as ``model.safetensors`` + ``config.json``, refreshed at
+every checkpoint. Batch k is drawn by step (:mod:`birdsep.batches`), so a resumed run trains
+exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from birdsep import files, training
+from birdsep import batches, training
 from birdsep.errors import UsageError
-from birdsep.separation.data import MoMDataset, RecordingIndex, WindowSampler
+from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import mixit_loss, sparsity_loss
-from birdsep.separation.model import Separator, SeparatorConfig, preset, save_model, widen_sources
+from birdsep.separation.model import PRESETS, Separator, SeparatorConfig, preset, save_model, widen_sources
 from birdsep.training import SeparatorTrainOptions
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class MixITModule(pl.LightningModule):
 
 
 class ExportModel(pl.Callback):
-    """Keep RUN_DIR/model.safetensors + config.json current: at every checkpoint and at the end."""
+    """Keep RUN_DIR/model.safetensors + config.json current: at every checkpoint, the last one included."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -61,9 +64,17 @@ class ExportModel(pl.Callback):
         if trainer.is_global_zero:
             save_model(pl_module.model, self.folder)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            save_model(pl_module.model, self.folder)
+
+WHO = "birdsep train-separator:"
+
+
+def _effective(options: dict) -> dict:
+    """The source count and mixture length a preset stands for when they are left to it."""
+    base = PRESETS.get(options["preset"])
+    if base is not None:
+        options = {**options, "sources": options["sources"] or base.num_sources,
+                   "clip_seconds": options["clip_seconds"] or base.clip_seconds}
+    return options
 
 
 def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
@@ -71,61 +82,58 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     ckpt_dir = out / "checkpoints"
     options_file = out / "options.json"
     training.start(opts, marker=ckpt_dir / "last.ckpt")
-    resume_from = training.find_checkpoint(ckpt_dir, opts, "birdsep train-separator:")
-    if opts.resume and options_file.exists():
-        stored = json.loads(options_file.read_text())
-        config = SeparatorConfig.from_dict(stored["model"])
-        resumes = int(stored.get("resumes", 0)) + 1
-        if stored["options"].get("preset") != opts.preset or (opts.sources and opts.sources != config.num_sources):
-            log.warning("resuming with the run's stored model (%s, M=%d); --preset/--sources ignored",
-                        stored["options"].get("preset"), config.num_sources)
-    elif opts.init_from:
+    stored = training.stored_run(options_file, opts, data, WHO, effective=_effective)
+    resume = training.find_checkpoint(ckpt_dir, opts, WHO)
+    base = None
+    if opts.init_from and resume is None:
         from birdsep.pretrained import load_model
 
         base = load_model(opts.init_from)
+    design = opts.preset
+    if stored is not None:  # the run's model, whatever the options say (they agree unless overridden)
+        config = SeparatorConfig.from_dict(stored["model"])
+        design = stored["options"].get("preset", design)
+        if opts.clip_seconds and opts.clip_seconds != config.clip_seconds:
+            config = dataclasses.replace(config, clip_seconds=opts.clip_seconds)
+    elif base is not None:
         config = dataclasses.replace(base.config, num_sources=opts.sources or base.config.num_sources,
                                      clip_seconds=opts.clip_seconds or base.config.clip_seconds)
-        resumes = 0
     else:
         try:
             config = preset(opts.preset, num_sources=opts.sources, clip_seconds=opts.clip_seconds)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        resumes = 0
 
     out.mkdir(parents=True, exist_ok=True)
     index = RecordingIndex.build(data, opts.exclude, cache=out / "data_index.json", progress=opts.progress)
-    primary = training.is_primary()  # the other processes of a distributed training leave the run's files to it
-    for line in index.skipped if primary else ():
-        print(f"skipped {line}")
+    for line in index.skipped:
+        training.say(f"skipped {line}")
     if not index.recordings:
         raise UsageError("no usable audio in " + " ".join(data))
-    if primary:
-        print(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
-              f"model {opts.preset} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
-        files.write_json(options_file, {
-            "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": list(data), "resumes": resumes,
-        })
+    training.say(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
+                 f"model {design} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
+    training.write_run(options_file, {
+        "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": [os.path.abspath(d) for d in data],
+        "resumes": int(stored.get("resumes", 0)) + 1 if stored else 0,
+    })
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
-    loader = torch.utils.data.DataLoader(
-        MoMDataset(sampler, seed=opts.seed * 1000 + resumes), batch_size=opts.batch_size,
-        num_workers=opts.workers, persistent_workers=opts.workers > 0,
-    )
+    loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size), opts.seed,
+                            resume.step if resume else 0, opts.workers)
+    pl.seed_everything(opts.seed, verbose=False)  # the initial weights
     module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
-    if opts.init_from and resume_from is None:
+    if base is not None:
         state = base.state_dict()
         if base.config.num_sources != config.num_sources:
             state = widen_sources(state, base.config.num_sources, config.num_sources, config.coefficients,
                                   seed=opts.seed)
         module.model.load_state_dict(state, strict=True)
-        print(f"starting from the weights of {opts.init_from} (M={base.config.num_sources} → {config.num_sources})")
+        training.say(f"starting from the weights of {opts.init_from} "
+                     f"(M={base.config.num_sources} → {config.num_sources})")
     trainer = training.make_trainer(
-        opts, out, callbacks=[training.checkpoints(ckpt_dir, opts.checkpoint_every), ExportModel(out)],
+        opts, out, ckpt_dir, callbacks=[ExportModel(out)],
         logger=training.loggers(out / "logs", csv=("csv", None), tensorboard=("tensorboard", None)),
         gradient_clip_val=opts.grad_clip, log_every_n_steps=min(10, opts.checkpoint_every))
-    training.fit(trainer, module, loader, resume_from)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")  # every process takes part; the first one writes
-    if trainer.is_global_zero:
-        print(f"model written to {out} (step {trainer.global_step})")
+    training.fit(trainer, module, loader, resume, WHO)
+    training.say(f"model written to {out} (step {trainer.global_step})")
     return out
