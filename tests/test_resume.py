@@ -260,15 +260,23 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_finds_one_whatever_its_n
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 48 MB tmpfs of its own (skipped where mounting is not allowed)."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({(r.stderr or r.stdout).strip() or r.returncode}); "
-                    "the full-disk test needs root and mount rights")
+    """``small_fs(megabytes)``: a tmpfs of its own of that size (skipped where mounting is not allowed)."""
+    mounts = []
+
+    def mount(megabytes: int) -> Path:
+        fs = tmp_path / f"fs{len(mounts)}"
+        fs.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(fs)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({(r.stderr or r.stdout).strip() or r.returncode}); "
+                        "the full-disk test needs root and mount rights")
+        mounts.append(fs)
+        return fs
+
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    for fs in mounts:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
 
 
 def fill(fs: Path, leave: int) -> Path:
@@ -280,22 +288,65 @@ def fill(fs: Path, leave: int) -> Path:
     return filler
 
 
+def assert_full_disk(launcher, argv, named: str) -> str:
+    """The run stops with one error line naming ``named`` and saying how to carry on; no temporary file is left."""
+    rc, out = launcher.run(argv)
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert rc == 2 and "Traceback" not in out, out
+    assert len(errors) == 1 and named in errors[0] and "no space left on device" in errors[0], out
+    assert "the last checkpoint is intact" in errors[0] and "--resume" in errors[0]
+    return out
+
+
 def test_a_full_disk_keeps_the_last_checkpoint(launcher, small_fs, data_dir, tmp_path):
-    """The checkpoint (14 MB), then the exported model (5 MB) do not fit: one line each, the
-    last checkpoint intact, no temporary files; the run carries on once there is space."""
+    """Separator: the checkpoint (14 MB), then the exported model (5 MB) do not fit: one line
+    each, the last checkpoint intact, no temporary files; the run carries on once there is space."""
     t = Trainer("separator", data_dir, tmp_path)
-    run = small_fs / "run"
+    fs = small_fs(48)
+    run = fs / "run"
     rc, out = launcher.run(t.argv(run, 2))
     assert rc == 0, out
     for leave, named in ((8 << 20, "last.ckpt"), (1 << 20, "model.safetensors")):
-        filler = fill(small_fs, leave)
-        rc, out = launcher.run(t.argv(run, 4, 2, 0, "--resume"))
-        errors = [line for line in out.splitlines() if "error:" in line]
-        assert rc == 2 and "Traceback" not in out, out
-        assert len(errors) == 1 and named in errors[0] and "no space left on device" in errors[0], out
-        assert "the last checkpoint is intact" in errors[0] and "--resume" in errors[0]
+        filler = fill(fs, leave)
+        assert_full_disk(launcher, t.argv(run, 4, 2, 0, "--resume"), named)
         assert t.step(run) == 2 and not list(run.rglob("*.tmp"))
         filler.unlink()
     rc, out = launcher.run(t.argv(run, 4, 2, 0, "--resume"))
     assert rc == 0, out
     assert t.step(run) == 4
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_classifier(launcher, small_fs, data_dir, tmp_path):
+    """Classifier: a checkpoint (49 MB, two files at a time) that does not fit; then, after a
+    kill -9 between the final checkpoint and the member's weights, the member's weights (16 MB)
+    and then the ensemble model that do not fit: one line each, nothing half-written, and the
+    run ends with the model of an uninterrupted one once there is space."""
+    t = Trainer("classifier", data_dir, tmp_path)
+    fs = small_fs(256)
+    run = fs / "run"
+    rc, out = launcher.run(t.argv(run, 2))
+    assert rc == 0, out
+    folder = t.checkpoints(run)
+    member = run / "members" / "0" / "member.safetensors"
+    size = member.stat().st_size
+
+    filler = fill(fs, (folder / "last.ckpt").stat().st_size // 2)
+    assert_full_disk(launcher, t.argv(run, 4, 2, 0, "--resume"), ".ckpt")
+    assert t.step(run) == 2 and not list(run.rglob("*.tmp"))
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", "step-2.ckpt"]
+    filler.unlink()
+    rc, out = launcher.run(t.argv(run, 4, 2, 0, "--resume"))
+    assert rc == 0 and t.step(run) == 4, out
+    finished = t.weights(run)
+
+    member.unlink()  # as a kill -9 after the final checkpoint, before the member's weights, leaves it
+    for leave, named in ((size // 2, "member.safetensors"), (size * 3 // 2, str(run / "model.safetensors"))):
+        filler = fill(fs, leave)
+        assert_full_disk(launcher, t.argv(run, 4, 2, 0, "--resume"), named)
+        assert t.step(run) == 4 and not list(run.rglob("*.tmp"))
+        filler.unlink()
+    assert member.is_file()  # written before the ensemble failed
+    rc, out = launcher.run(t.argv(run, 4, 2, 0, "--resume"))
+    assert rc == 0 and "member 0 already trained" in out, out
+    again = t.weights(run)
+    assert all((again[k] == finished[k]).all() for k in finished)

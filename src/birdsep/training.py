@@ -30,9 +30,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, NamedTuple
 
 from birdsep import files
 from birdsep.errors import StorageError, UsageError
@@ -389,19 +390,28 @@ def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
     """``trainer.fit``, resuming from ``resume``. A full disk is one :class:`StorageError`
     line; a run stopped before its last step (Ctrl-C, SIGTERM) says so on one line and raises
     ``KeyboardInterrupt``."""
+    with resumable_writes():
+        try:
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
+        except SystemExit:  # Lightning's own exit after Ctrl-C or SIGTERM
+            pass
+    if trainer.global_step < trainer.max_steps:
+        say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def resumable_writes() -> Iterator[None]:
+    """A full disk inside (a checkpoint, the model, a log) is one :class:`StorageError` line
+    that says the last checkpoint is intact and how to carry on."""
     try:
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
-    except SystemExit:  # Lightning's own exit after Ctrl-C or SIGTERM
-        pass
+        yield
     except Exception as exc:
         full = _no_space(exc)
         if full is None:
             raise
         raise StorageError(full.path, f"{full.reason}; the last checkpoint is intact: free some space, then "
                                       "carry on with --resume") from None
-    if trainer.global_step < trainer.max_steps:
-        say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
-        raise KeyboardInterrupt
 
 
 def _no_space(exc: BaseException | None) -> StorageError | None:

@@ -154,13 +154,15 @@ def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
             log_every_n_steps=max(1, min(10, opts.steps)), num_sanity_val_steps=0, limit_val_batches=0)
         training.fit(trainer, module, loader, resume, who)
         if training.is_primary():
-            files.save_state(final, module.model.state_dict())
+            with training.resumable_writes():  # a resumed run writes it from the final checkpoint
+                files.save_state(final, module.model.state_dict())
     if not training.is_primary():  # rank 0 writes the ensemble
         return out
     ensemble = M.Ensemble(cfg)
     for k, member in enumerate(ensemble.members):
         member.load_state_dict(files.load_state(members_dir / str(k) / "member.safetensors"), strict=True)
-    M.save(ensemble, out)
+    with training.resumable_writes():  # a resumed run finds every member trained and writes it again
+        M.save(ensemble, out)
     training.say(f"{WHO} wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"
                  + (f" ({failed} recording(s) skipped)" if failed else ""))
     return out
