@@ -85,7 +85,7 @@ class SeparatorTrainOptions(TrainOptions):
     steps: int = 10000
     batch_size: int = 4
     workers: int = 1
-    preset: str = "small"
+    preset: str = "stft"
     sources: int | None = None
     clip_seconds: float | None = None
     exclude: tuple[str, ...] = ()
