@@ -9,21 +9,23 @@ species are mapped to BirdNET labels through their common names in xc/recordings
 recording titles first, e.g. "Western Subalpine Warbler"; a few renamed species by hand);
 species BirdNET does not know, and clips the data README flags as mostly noise, are left out.
 
-Then ``birdsep classify --classifier birdnet`` scores every 5 s window on the mix and on each
-of the separator's tracks once (the library's ``Detector``), writes the three prediction sets
-(mix, separated, mix + separated) as birdsep CSVs restricted to the benchmark's species with
-no confidence threshold, and ``birdsep evaluate`` scores them against the truth.
+BirdNET scores every 5 s window on the mix and on each of the separator's tracks (through
+the library's ``score_file``; scores cached on disk, see table2_common.py), and the windows are
+scored with cmAP, lwlrap, d′ and top-1 for the mix, the separated tracks and every candidate
+combination rule (table2_common.CANDIDATES), with paired bootstrap 95 % intervals over scenes
+of each rule's gain over the mix. Two diagnostic tables follow: where the paper's max comes
+from, and the true (window, species) pairs by level and crowding.
 
-    .venv/bin/python benchmarks/table2_synthetic.py [--scenes 96] [--seed 0] [--model SEPARATOR] [--work DIR]
+    .venv/bin/python benchmarks/table2_synthetic.py [--scenes 96] [--seed 0] [--model SEPARATOR] [--reps 1000] \
+        [--full-band]
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
+import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list
 
     rng = np.random.default_rng(seed)
     backgrounds = sorted((DATA / "soundscapes" / "jura_forest_24h").glob("*_0[0-3]*.flac"))
-    noises = sorted((DATA / "noise").glob("*"))
+    noises = sorted(p for p in (DATA / "noise").glob("*") if p.is_file())  # not noise/field/ (added later)
     clips = {sp: [f for f in sorted((DATA / "xc" / sp).glob("*.mp3")) if not f.stem.startswith(BAD_CLIPS)]
              for sp in mapping}
     clips = {sp: fs for sp, fs in clips.items() if fs}
@@ -132,12 +134,34 @@ def build_scenes(work: Path, n: int, seed: int, mapping: dict[str, str]) -> list
     return scenes
 
 
+def scene_recordings(n: int, seed: int, labels: list[str], work: Path | None = None) -> list:
+    """The seeded scenes as table2_common Recordings, built once into ``work`` (default: in the cache)."""
+    import json
+
+    from table2_common import Recording, cache_root
+
+    work = work or cache_root().parent / "table2_scenes" / f"seed{seed}_n{n}"
+    index = work / "scenes.json"
+    if index.is_file():
+        scenes = json.loads(index.read_text())
+    else:
+        scenes = build_scenes(work, n, seed, species_map(labels))
+        from birdsep import files
+
+        files.write_text(index, json.dumps(scenes))
+    return [Recording(sc["name"], work / "audio" / f"{sc['name']}.flac", [(b, e, lab) for b, e, lab, _ in sc["events"]],
+                      "synthetic") for sc in scenes]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="separator (default: the shipped model)")
-    ap.add_argument("--work", default=None, help="folder for the soundscapes and predictions (default: a temp dir)")
+    ap.add_argument("--work", default=None, help="folder for the soundscapes (default: in the score cache)")
+    ap.add_argument("--reps", type=int, default=1000, help="bootstrap replicates")
+    ap.add_argument("--full-band", action="store_true",
+                    help="also the full-band candidate (tracks + the band above a 22.05 kHz separator's)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     if not DATA.is_dir():
@@ -145,58 +169,52 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from birdsep.detect import ClassifyOptions, Detector, combine, detections
-    from birdsep.evaluation import covers, evaluate
-    from birdsep.outputs import write_csv
+    import table2_common as T2
+    from birdsep.detect import ClassifyOptions, Detector
+    from birdsep.evaluation import covers
     from birdsep.pretrained import resolve
 
     header("Table 2 on synthetic soundscapes: BirdNET on the mix, the separated tracks, and both")
-    work = Path(a.work or tempfile.mkdtemp(prefix="birdsep_table2_"))
     det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", model=a.model, threads=a.threads))
-    mapping = species_map(det.classifier.labels)
     t0 = time.time()
-    scenes = build_scenes(work, a.scenes, a.seed, mapping)
-    used = sorted({ev[2] for s in scenes for ev in s["events"]})
-    keep = np.isin(det.classifier.labels, used)
-    n_events = sum(len(s["events"]) for s in scenes)
-    print(f"{len(scenes)} soundscapes of {SCENE_SECONDS:g} s at {RATE} Hz ({a.scenes * SCENE_SECONDS / 60:.1f} min), "
-          f"{n_events} events of {len(used)} species (seed {a.seed}); built in {time.time() - t0:.0f} s")
+    recs = scene_recordings(a.scenes, a.seed, det.classifier.labels, Path(a.work) if a.work else None)
+    used = sorted({e[2] for r in recs for e in r.events})
+    n_events = sum(len(r.events) for r in recs)
+    print(f"{len(recs)} soundscapes of {SCENE_SECONDS:g} s at {RATE} Hz ({len(recs) * SCENE_SECONDS / 60:.1f} min), "
+          f"{n_events} events of {len(used)} species (seed {a.seed}); ready in {time.time() - t0:.0f} s")
     folder = resolve(a.model)
+    digest = T2.weights_digest(folder)
     weights = folder / "model.safetensors"
-    print(f"separator: {a.model or 'the shipped default'} (M = {det.separator.config.num_sources}; "
-          f"model.safetensors sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}, "
+    print(f"separator: {a.model or 'the shipped default'} (M = {det.separator.config.num_sources}, "
+          f"{det.separator.config.sample_rate} Hz; model.safetensors sha1 {digest}, "
           f"written {time.strftime('%Y-%m-%d %H:%M', time.gmtime(weights.stat().st_mtime))} UTC); "
-          f"classifier: {det.classifier.name}; work dir: {work}")
+          f"classifier: {det.classifier.name}")
 
     t0 = time.time()
+    cache = T2.ScoreCache(det, digest)
+    rules = [r for r in T2.candidates(det.separator, a.full_band) if r.calibration is None]  # fitted in table2_real
+    m = T2.matrices(recs, cache, det.classifier.labels, T2.inputs_of(rules), progress=False)
+    elapsed = time.time() - t0
+    print(f"scored in {elapsed:.0f} s ({cache.computed_s:.0f} s computing, the rest from the cache)\n")
+    results = T2.evaluate_rules(m, ["mix", "separated"] + rules, reps=a.reps)
+    T2.print_rules(f"{len(m.y)} windows of 5 s ({int(m.y.any(1).sum())} with birds), {len(m.species)} species, "
+                   f"{int((m.y.sum(0) >= 5).sum())} with ≥ 5 positive windows (cmAP, AUC and d′ over those); "
+                   f"Δ: the gain over the mix, 95 % bootstrap interval over scenes ({a.reps} replicates)", results)
+
     hits = {"true": [], "false": []}  # did a track beat the mix? for true and false (window, species) pairs
     by_snr = []  # true pairs: (event SNR, species in the window, mix score, best track score)
-    truth_spans = {s["name"]: s["events"] for s in scenes}
-    for s in scenes:
-        path = work / "audio" / f"{s['name']}.flac"
-        fs = det.scores(path)
-        for mode in ("mix", "separated", "mix+separated"):
-            sc, ch = combine(mode, fs)
-            write_csv(work / mode / f"{s['name']}.birdsep.results.csv",
-                      detections(str(path), fs.spans, sc, ch, det.classifier.labels, 0.0, keep))
-        cols = np.flatnonzero(keep)
+    scenes = json.loads((recs[0].path.parents[1] / "scenes.json").read_text())
+    snrs = {sc["name"]: sc["events"] for sc in scenes}
+    for r, fs in zip(recs, m.files):
+        raw = fs.tracks[T2.RAW][:, :, m.columns]
+        mix = fs.mix[:, m.columns]
         for w, (w0, w1) in enumerate(fs.spans):
-            present = {lab: snr for (b, e, lab, snr) in truth_spans[s["name"]] if covers(b, e, w0, w1)}
-            for j in cols:
-                lab, best, mixed = det.classifier.labels[j], fs.separated[w, :, j].max(), fs.mix[w, j]
+            present = {lab: snr for (b, e, lab, snr) in snrs[r.name] if covers(b, e, w0, w1)}
+            for j, lab in enumerate(m.species):
+                best, mixed = raw[w, :, j].max(), mix[w, j]
                 hits["true" if lab in present else "false"].append(best - mixed)
                 if lab in present:
                     by_snr.append((present[lab], len(present), mixed, best))
-    elapsed = time.time() - t0
-    print(f"classified in {elapsed:.0f} s ({a.scenes * SCENE_SECONDS / elapsed:.2f}× real time, mix + 4 tracks)\n")
-
-    ev = evaluate([str(work / m) for m in ("mix", "separated", "mix+separated")], [str(work / "truth")], window=5.0)
-    names = {"mix": "Mix only", "separated": "Separated only", "mix+separated": "Mix + separated"}
-    table([{"input to BirdNET": names[Path(p).name], "cmAP": f"{r.cmap:.3f}", "lwlrap": f"{r.lwlrap:.3f}",
-            "d′": f"{r.dprime:.2f}", "top-1": f"{r.top1:.3f}", "AUC": f"{r.auc:.3f}"} for p, r in ev.rows])
-    r = ev.rows[0][1]
-    print(f"{r.windows} windows of 5 s ({r.labelled_windows} with birds), {r.species} species, "
-          f"{r.cmap_species} with ≥ 5 positive windows (cmAP, AUC and d′ over those)\n")
     rows = []
     for key in ("true", "false"):
         d = np.array(hits[key])

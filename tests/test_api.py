@@ -54,7 +54,11 @@ def test_classify_scores_the_mix_and_the_tracks(tiny):
     m = TINY.num_sources
     assert res.labels == Tones.labels and res.spans.tolist() == [[0, 1], [1, 2], [2, 3]]
     assert res.mix.shape == (3, 2) and res.separated.shape == (3, m, 2)
-    np.testing.assert_allclose(res.scores, np.maximum(res.mix, res.separated.max(1)))
+    from birdsep.combination import DEFAULT, logit, sigmoid
+
+    w = DEFAULT.track_weight  # the default rule: a weighted mean of the mix's and the best track's logits
+    np.testing.assert_allclose(res.scores, sigmoid((1 - w) * logit(res.mix) + w * logit(res.separated).max(1)),
+                               rtol=1e-5)
     assert res.channel.min() >= 0 and res.channel.max() <= m
     assert res.mix[:, 0].min() > 0.5  # the 3 kHz tone dominates the mix
     rows = res.rows(min_conf=0.0)

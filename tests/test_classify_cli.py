@@ -8,6 +8,7 @@ import pytest
 
 from birdsep import audio, metrics
 from birdsep.cli import main
+from birdsep.combination import PAPER, RAW
 from birdsep.detect import ClassifyOptions, Detector, FileScores, combine, species_mask, sub_windows, window_spans
 from birdsep.errors import UsageError
 from birdsep.evaluation import evaluate
@@ -37,13 +38,13 @@ def test_window_spans_and_sub_windows():
 def test_combine_modes_keep_the_channel_of_the_max():
     mix = np.array([[0.2, 0.9]])  # (N=1, L=2)
     sep = np.array([[[0.1, 0.3], [0.7, 0.1]]])  # (N, M=2, L)
-    fs = FileScores([(0, 5)], mix, sep)
-    s, c = combine("mix", fs)
-    assert s.tolist() == [[0.2, 0.9]] and c.tolist() == [[0, 0]]
-    s, c = combine("separated", fs)
-    assert s.tolist() == [[0.7, 0.3]] and c.tolist() == [[2, 1]]
-    s, c = combine("mix+separated", fs)
-    assert s.tolist() == [[0.7, 0.9]] and c.tolist() == [[2, 0]]
+    fs = FileScores([(0, 5)], mix, {RAW: sep}, np.zeros((1, 2)))
+    s, c = combine("mix", fs, PAPER)
+    assert np.allclose(s, [[0.2, 0.9]]) and c.tolist() == [[0, 0]]
+    s, c = combine("separated", fs, PAPER)
+    assert np.allclose(s, [[0.7, 0.3]]) and c.tolist() == [[2, 1]]
+    s, c = combine("mix+separated", fs, PAPER)
+    assert np.allclose(s, [[0.7, 0.9]]) and c.tolist() == [[2, 0]]
 
 
 class _Loudness:
@@ -61,7 +62,7 @@ class _Loudness:
 def test_score_file_reads_tracks_written_by_separate(tmp_path):
     """With ``tracks`` the separated scores come from those files (no separator needed), piece by
     piece, with progress reported; track k's score is track k's file."""
-    from birdsep.detect import score_file
+    from birdsep.detect import reading, score_file
 
     sr = 16000
     t = np.arange(sr * 3) / sr
@@ -71,10 +72,12 @@ def test_score_file_reads_tracks_written_by_separate(tmp_path):
     audio.write(tracks[0], mix * 0.25, sr)
     audio.write(tracks[1], np.zeros_like(mix), sr)
     seen = []
-    fs = score_file(tmp_path / "mix.wav", _Loudness(), None, window=1.0, tracks=tracks, progress=seen.append)
-    assert fs.separated.shape == (3, 2, 1) and seen[-1] == 1.0
-    np.testing.assert_allclose(fs.separated[:, 0, 0], 0.25 * fs.mix[:, 0], rtol=1e-3)
-    assert np.all(fs.separated[:, 1] == 0)
+    fs = score_file(tmp_path / "mix.wav", _Loudness(), reading(tracks, _Loudness.sample_rate), window=1.0,
+                    progress=seen.append)
+    sep = fs.tracks[RAW]
+    assert sep.shape == (3, 2, 1) and seen[-1] == 1.0
+    np.testing.assert_allclose(sep[:, 0, 0], 0.25 * fs.mix[:, 0], rtol=1e-3)
+    assert np.all(sep[:, 1] == 0) and np.all(fs.levels[:, 1] == -120) and np.all(fs.levels[:, 0] == 0)
 
 
 def test_species_list_matches_full_scientific_or_common_names(tmp_path):
@@ -149,13 +152,15 @@ def test_birdnet_hears_the_robin_in_every_mode(data_dir, tmp_path):
     clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")
     det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", threads=1))
     assert len(det.classifier.labels) == 6522 and det.classifier.window_seconds == 3.0
-    fs = det.scores(clip)
-    assert fs.mix.shape == (2, 6522) and fs.separated.shape == (2, 4, 6522)
+    fs = det.scores(clip, inputs=(RAW,))
+    sep = fs.tracks[RAW]
+    assert fs.mix.shape == (2, 6522) and sep.shape == (2, 4, 6522) and fs.levels.shape == (2, 4)
+    assert np.all(fs.levels <= 0) and np.allclose((10 ** (fs.levels / 10)).sum(1), 1, atol=1e-3)
     j = det.classifier.labels.index(ROBIN_LABEL)
     assert fs.mix[:, j].min() > 0.5  # the robin sings in both windows
-    assert fs.separated[0, :, j].max() > 0.5  # and in the first window one of the tracks keeps it
-    both, channel = combine("mix+separated", fs)
-    assert np.all(both >= fs.mix) and np.all(both >= fs.separated.max(1))
+    assert sep[0, :, j].max() > 0.5  # and in the first window one of the tracks keeps it
+    both, channel = combine("mix+separated", fs, PAPER)
+    assert np.all(both >= fs.mix - 1e-6) and np.all(both >= sep.max(1) - 1e-6)
     assert channel.min() >= 0 and channel.max() <= 4
     assert np.argmax(fs.mix[0]) == j  # the top species on the mix is the robin
 

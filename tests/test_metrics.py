@@ -78,3 +78,26 @@ def test_perfect_and_edge_cases():
     assert metrics.lwlrap(np.ones((2, 2)), np.ones((2, 2))) == 1.0  # all true: ties cost nothing
     with pytest.raises(ValueError):
         metrics.cmap(np.ones((3, 2)), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_weighted_metrics_equal_the_resampled_set(ties):
+    t, s = _random(5, n=120, c=9, ties=ties)
+    w = np.random.default_rng(1).integers(0, 3, len(t))  # each window drawn 0, 1 or 2 times
+    rows = np.repeat(np.arange(len(t)), w)
+    want = metrics.score_all(t[rows], s[rows])
+    got = metrics.Weighted(t, s).metrics(w.astype(float))
+    assert got == pytest.approx([want.cmap, want.lwlrap, want.dprime, want.top1])
+    full = metrics.score_all(t, s)
+    assert metrics.Weighted(t, s).metrics(np.ones(len(t))) == pytest.approx([full.cmap, full.lwlrap, full.dprime,
+                                                                             full.top1])
+
+
+def test_bootstrap_is_paired_and_centred():
+    t, s = _random(6, n=300, c=8)
+    groups = np.arange(300) // 3  # 100 recordings of 3 windows
+    boot = metrics.bootstrap(t, {"a": s, "b": s + 0.3 * t}, groups, reps=200, seed=0)
+    full = metrics.score_all(t, s)
+    assert boot["a"].shape == (200, 4)
+    assert np.median(boot["a"][:, 0]) == pytest.approx(full.cmap, abs=0.02)
+    assert np.all(boot["b"][:, 0] >= boot["a"][:, 0])  # the same draws: a better score set is better in each

@@ -64,3 +64,17 @@ def test_bad_user_csv_is_one_line_error(tmp_path):
 def test_checklist_missing_means_user_csv_only(tmp_path):
     tax = Taxonomy.load(checklists=False)
     assert tax.lookup("european_robin", warn=False).family is None
+
+
+def test_ebird_codes_and_field_codes():
+    from birdsep.taxonomy import ebird_code, species_for_code
+
+    assert ebird_code("Turdus merula_Eurasian Blackbird") == "eurbla"
+    assert ebird_code("European Robin") == ebird_code("Erithacus rubecula") == "eurrob1"
+    assert ebird_code("Curruca iberiae_Western Subalpine Warbler") == "subwar6"  # a 2021 split, as in BirdNET V2.4
+    assert ebird_code("Engine_Engine") is None
+    assert species_for_code("WOTH") == ["Hylocichla mustelina"]  # four-letter alpha code
+    assert species_for_code("eato") == ["Pipilo erythrophthalmus"]
+    assert species_for_code("Sylatr") == ["Sylvia atricapilla", "Sylvia atriceps"]  # genus + species initials
+    assert "Erithacus rubecula" in species_for_code("Erirub")
+    assert species_for_code("Cicorn") == []  # a cicada

@@ -53,12 +53,14 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
 
     classifier: ``"birdnet"`` (the birdnet extra), a ``train-classifier`` run directory, or a
     loaded backend (:mod:`birdsep.backends`). separator: as :func:`separate`'s ``model``.
+    window, overlap: seconds, as ``birdsep classify --window/--overlap``; mode ``mix+separated``
+    pools the scores with birdsep's default rule (:data:`birdsep.combination.DEFAULT`).
     Returns a :class:`birdsep.detect.Classification`: ``labels`` (L,), ``spans`` (N, 2) in
     seconds, ``mix`` (N, L) and/or ``separated`` (N, M, L) scores, ``scores`` (N, L) and
     ``channel`` (N, L) for ``mode``, and ``rows()`` / ``to_pandas()`` as a table.
     """
     from birdsep.backends import load_classifier
-    from birdsep.detect import MODES, Classification, combine, score_array
+    from birdsep.detect import MODES, Classification, combine, rule_for, score_array, separating
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -66,11 +68,13 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     backend = load_classifier(classifier, threads=threads) if isinstance(classifier, str) else classifier
     sep = _separator(separator) if mode != "mix" else None
     rt = _runtime(sep, device, precision) if sep is not None else runtime.Runtime(runtime.resolve_device(device))
-    fs = score_array(x, sample_rate, backend, sep, window=window, overlap=overlap, mix=mode != "separated",
-                     separated=mode != "mix", rt=rt)
-    scores, channel = combine(mode, fs)
+    rule = rule_for(mode)
+    tracks_for = separating(sep, backend.sample_rate, rt) if sep is not None else None
+    fs = score_array(x, sample_rate, backend, tracks_for, window=window, overlap=overlap / window,
+                     mix=mode != "separated", inputs=(rule.input,))
+    scores, channel = combine(mode, fs, rule)
     return Classification(list(backend.labels), np.asarray(fs.spans, np.float64).reshape(-1, 2), fs.mix,
-                          fs.separated, scores, channel, mode)
+                          fs.tracks.get(rule.input), scores, channel, mode)
 
 
 def _mono(waveform, layout: str) -> np.ndarray:

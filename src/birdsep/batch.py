@@ -72,6 +72,7 @@ class BatchSummary:
     failed: list[str] = field(default_factory=list)
     hours: float = 0.0
     others: list[str] = field(default_factory=list)  # finished or failed meanwhile by another run on the same folder
+    targets: list[tuple[str, str | None]] = field(default_factory=list)  # (file, target) of every input, in order
 
     @property
     def exit_code(self) -> int:
@@ -254,6 +255,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
             missing.append(f"{item}: no audio files in this folder")
         for f, root in found:
             target = target_for(f, root) if target_for else None
+            summary.targets.append((str(f), str(target) if target is not None else None))
             if is_done and is_done(target):
                 summary.skipped.append(str(f))
             else:

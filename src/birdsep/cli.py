@@ -262,21 +262,64 @@ def _add_detect_activity(sub) -> None:
 # --------------------------------------------------------------------------- separate + classify
 
 
+def _alias(p, flag: str, dest: str, **kw) -> None:
+    """A hidden second spelling of an option (BirdNET-Analyzer's, e.g. --min_conf for --min-conf)."""
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+def _rtypes(values: list[str]) -> tuple[str, ...]:
+    """--rtype table,csv or --rtype table csv → ("table", "csv") (order kept, repeats dropped)."""
+    out = []
+    for v in values:
+        out += [t.strip().lower() for t in v.split(",") if t.strip() and t.strip().lower() not in out]
+    return tuple(out)
+
+
+def _add_location(p) -> None:
+    p.add_argument("--lat", type=float, default=None, help="recording latitude (decimal degrees, -90..90): keep only "
+                   "species BirdNET's metadata model expects there (needs --lon)")
+    p.add_argument("--lon", type=float, default=None, help="recording longitude (decimal degrees, -180..180)")
+    p.add_argument("--week", type=int, default=-1,
+                   help="week of the year, 1..48 (four a month), or -1 for the whole year (default -1)")
+    p.add_argument("--sf-thresh", type=float, default=0.03,
+                   help="lowest occurrence score for the location filter, 0.0001..0.99 (default 0.03)")
+    _alias(p, "--sf_thresh", "sf_thresh", type=float)
+
+
 def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="species detections from the mix and/or its separated tracks")
     p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
     p.add_argument("-o", "--out", default="detections", help="output folder (default: ./detections)")
+    _alias(p, "--output", "out")
     p.add_argument("--classifier", required=True, metavar="birdnet|RUN_DIR",
                    help="'birdnet' (needs the birdnet extra) or a train-classifier run directory")
     p.add_argument("--mode", default="mix+separated", choices=["mix", "separated", "mix+separated"],
-                   help="score the mix, the max over separated tracks, or the max of both (default mix+separated)")
+                   help="score the mix, the separated tracks, or both (default mix+separated)")
+    p.add_argument("--combine", default="default",
+                   help="how mix+separated pools the scores: birdsep's default rule, or the paper's max over the mix "
+                        "and every track (see docs/classify.md)")
     p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
-    p.add_argument("--overlap", type=float, default=0.0, help="fraction of a window shared with the next (default 0)")
-    p.add_argument("--min-conf", type=float, default=0.1, help="lowest confidence written (default 0.1)")
+    p.add_argument("--overlap", type=float, default=0.0,
+                   help="seconds shared by consecutive windows, 0 <= overlap < window (default 0)")
+    p.add_argument("--min-conf", type=float, default=0.1, help="lowest confidence written, 0..1 (default 0.1)")
+    _alias(p, "--min_conf", "min_conf", type=float)
+    p.add_argument("--sensitivity", type=float, default=1.0,
+                   help="detection sensitivity as in BirdNET-Analyzer, 0.5..1.5: higher values shift every score up "
+                        "(default 1)")
     p.add_argument("--species-list", default=None, metavar="FILE",
                    help="only these species, one per line (full label, scientific or common name)")
+    _alias(p, "--slist", "species_list")
+    _add_location(p)
+    p.add_argument("--rtype", nargs="+", default=["table,csv,audacity"], metavar="TYPE",
+                   help="output types, comma- or space-separated: table (Raven), csv, audacity, kaleidoscope "
+                        "(default table,csv,audacity)")
     p.add_argument("--model", default=None, metavar="SEPARATOR",
                    help="separator run directory or model folder (default: the shipped model)")
+    p.add_argument("--tracks", default="separated", metavar="DIR",
+                   help="where 'birdsep separate' wrote tracks: those of the same separator and input are used "
+                        "instead of separating again (default ./separated, separate's own default)")
+    p.add_argument("--keep-tracks", action="store_true",
+                   help="write the tracks made here into --tracks, as 'birdsep separate' would")
     runtime.add_flags(p)
     _batch_flags(p, "classified")
     _quiet_flag(p)
@@ -285,7 +328,40 @@ def _add_classify(sub) -> None:
         from birdsep.detect import ClassifyOptions, classify_batch
 
         _check_batch_flags(a)
-        return _batch_summary("classified", classify_batch(a.inputs, options_from(ClassifyOptions, a)), a.out)
+        return _batch_summary("classified", classify_batch(a.inputs, options_from(ClassifyOptions, a,
+                                                                                  rtype=_rtypes(a.rtype))), a.out)
+
+    p.set_defaults(func=run)
+
+
+def _add_species(sub) -> None:
+    p = sub.add_parser("species", help="the species BirdNET expects at a place and week (its metadata model)")
+    p.add_argument("--lat", type=float, required=True, help="latitude (decimal degrees, -90..90)")
+    p.add_argument("--lon", type=float, required=True, help="longitude (decimal degrees, -180..180)")
+    p.add_argument("--week", type=int, default=-1, help="week of the year, 1..48, or -1 for the whole year (default)")
+    p.add_argument("--sf-thresh", type=float, default=0.03, help="lowest occurrence score, 0.0001..0.99 (default 0.03)")
+    _alias(p, "--sf_thresh", "sf_thresh", type=float)
+    p.add_argument("--sortby", default="freq", choices=["freq", "alpha"],
+                   help="most likely first (default) or alphabetical")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="also write the list here (one label a line, usable as --species-list)")
+    p.add_argument("--scores", action="store_true", help="print each species' occurrence score too")
+
+    def run(a):
+        from birdsep.backends import location_species
+
+        found = location_species(a.lat, a.lon, a.week, a.sf_thresh)
+        if a.sortby == "alpha":
+            found.sort(key=lambda x: x[0])
+        for label, score in found:
+            print(f"{label}\t{score:.4f}" if a.scores else label)
+        if a.output:
+            from birdsep import files
+
+            files.write_text(a.output, "".join(f"{label}\n" for label, _ in found))
+        print(f"{len(found)} species at {a.lat:g}, {a.lon:g}, week {a.week} (threshold {a.sf_thresh:g})",
+              file=sys.stderr)
+        return 0
 
     p.set_defaults(func=run)
 
@@ -337,7 +413,7 @@ def _add_serve(sub) -> None:
 
 
 COMMANDS = [_add_separate, _add_train_separator, _add_eval_separator, _add_train_classifier, _add_classify_clips,
-            _add_detect_activity, _add_classify, _add_evaluate, _add_serve, _add_models]
+            _add_detect_activity, _add_classify, _add_species, _add_evaluate, _add_serve, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,33 +1,39 @@
 """Separate + classify (paper §2.5): species detections from the mix and its separated tracks
 (``birdsep classify``). Scoring detections against annotations is :mod:`birdsep.evaluation`.
 
-For each window of a recording (``window`` seconds, ``overlap`` fraction shared with the
-next) a species' score is the classifier's score on the mix (``mix``), the maximum over the M
-separated tracks (``separated``) or the maximum over both (``mix+separated``); the track that
-gave the kept score is recorded (``mix`` or ``source_k``). A classifier whose own window is
-shorter than ``window`` (BirdNET: 3 s) is run on evenly spaced windows covering it and the
-maximum kept; a window shorter than the classifier's (a longer model, or the end of a file) is
-zero-padded.
+For each window of a recording (``window`` seconds, ``overlap`` seconds shared with the next)
+a species' score comes from the classifier's score on the mix (``mix``), on the M separated
+tracks (``separated``: the best track) or on both (``mix+separated``: pooled by a combination
+rule, :mod:`birdsep.combination`); the input that gave the kept score is recorded (``mix`` or
+``source_k``). A classifier whose own window is shorter than ``window`` (BirdNET: 3 s) is run on
+evenly spaced windows covering it and the maximum kept; a window shorter than the classifier's
+(a longer model, or the end of a file) is zero-padded. BirdNET-Analyzer's conveniences apply on
+top: a species list or its location/season filter, its sensitivity, its output types.
 
 Recordings are processed in pieces of about a minute (each read, resampled, separated and
-classified on its own), so memory stays flat however long the file. For each input,
-``OUT/<relative path>.birdsep.selection.table.txt`` (Raven), ``.birdsep.labels.txt`` (Audacity)
-and, last, ``.birdsep.results.csv`` are written; the CSV's presence marks the input as done.
+classified on its own), so memory stays flat however long the file. Tracks that ``birdsep
+separate`` wrote with the same separator are read instead of separating again, and
+``keep_tracks`` writes the ones made here in the same layout. For each input the requested
+tables (``--rtype``) are written under ``OUT/<relative path>``; an input is done when all of
+them exist. At the end of every batch run the combined tables are rebuilt over all its done
+inputs.
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from birdsep import audio, files
+from birdsep import audio, combination, files
 from birdsep.batch import BatchSummary, Done, run_batch, threads_per_job
+from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
-from birdsep.outputs import Detection, write_audacity, write_csv, write_raven
+from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combined, write_outputs
 from birdsep.separation import runtime
 from birdsep.separation.runtime import Runtime
 from birdsep.taxonomy import label_names, read_species_list
@@ -35,7 +41,6 @@ from birdsep.taxonomy import label_names, read_species_list
 log = logging.getLogger(__name__)
 
 MODES = ("mix", "separated", "mix+separated")
-SUFFIXES = {"raven": ".birdsep.selection.table.txt", "audacity": ".birdsep.labels.txt", "csv": ".birdsep.results.csv"}
 PIECE_SECONDS = 60.0
 
 
@@ -44,25 +49,57 @@ class ClassifyOptions:
     out: str = "detections"
     classifier: str = "birdnet"  # "birdnet" or a train-classifier run directory
     mode: str = "mix+separated"
+    combine: str = "default"  # the rule of mix+separated: a name in combination.RULES
     window: float = 5.0
-    overlap: float = 0.0
+    overlap: float = 0.0  # seconds shared by consecutive windows (BirdNET-Analyzer's --overlap)
     min_conf: float = 0.1
+    sensitivity: float = 1.0
     species_list: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    week: int = -1
+    sf_thresh: float = 0.03
+    rtype: tuple[str, ...] = ("table", "csv", "audacity")
     model: str | None = None  # separator: run directory / model folder, None → the shipped default
     device: str = "auto"  # see birdsep.separation.runtime
     precision: str = "auto"
+    tracks: str | None = "separated"  # where birdsep separate's tracks are looked for (and kept)
+    keep_tracks: bool = False
     jobs: int | None = 1  # None: 1 here, or as many Ray workers as the cluster holds
     threads: int | None = None
     progress: bool = True
     ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
 
     def check(self) -> None:
+        from birdsep.backends import check_location, check_sensitivity
+        from birdsep.outputs import RTYPES
+
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.window <= 0 or not 0 <= self.overlap < 1:
-            raise UsageError("--window must be positive and --overlap in [0, 1)")
+        if self.combine not in combination.RULES:
+            raise UsageError(f"--combine must be one of {', '.join(combination.RULES)}, not {self.combine!r}")
+        if self.window <= 0:
+            raise UsageError(f"--window must be positive, not {self.window:g}")
+        if not 0 <= self.overlap < self.window:
+            raise UsageError(f"--overlap must be in [0, {self.window:g}) seconds (less than --window), "
+                             f"not {self.overlap:g}")
         if not 0 <= self.min_conf <= 1:
-            raise UsageError("--min-conf must be in [0, 1]")
+            raise UsageError(f"--min-conf must be in [0, 1], not {self.min_conf:g}")
+        check_sensitivity(self.sensitivity)
+        check_location(self.lat, self.lon, self.week, self.sf_thresh)
+        if self.species_list and self.lat is not None:
+            raise UsageError("--species-list and --lat/--lon cannot be used together (as in BirdNET-Analyzer): "
+                             "make a list with 'birdsep species' and edit it")
+        bad = [r for r in self.rtype if r not in RTYPES]
+        if bad or not self.rtype:
+            raise UsageError(f"--rtype takes {', '.join(RTYPES)} (comma-separated), not {','.join(bad) or 'nothing'}")
+        if self.keep_tracks and not self.tracks:
+            raise UsageError("--keep-tracks needs a --tracks folder")
+
+    @property
+    def location(self) -> bool:
+        """Whether the location filter is on (BirdNET-Analyzer's −1/−1 means off)."""
+        return self.lat is not None and (self.lat, self.lon) != (-1, -1)
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -96,74 +133,96 @@ def sub_windows(x: np.ndarray, n: int) -> np.ndarray:
 
 @dataclass
 class FileScores:
-    """Scores of one recording: ``mix`` (N, L) and/or ``separated`` (N, M, L) for N windows."""
+    """Scores of one recording's N windows: ``mix`` (N, L) (None when not asked for), ``tracks``
+    {track input: (N, M, L)} and ``levels`` (N, M): each track's share of the tracks' energy in
+    the window, dB (None without tracks)."""
 
     spans: list[tuple[float, float]]
     mix: np.ndarray | None
-    separated: np.ndarray | None
+    tracks: dict[TrackInput, np.ndarray] = field(default_factory=dict)
+    levels: np.ndarray | None = None
 
 
-def score_file(path, classifier, separator=None, *, window: float = 5.0, overlap: float = 0.0,
-               mix: bool = True, separated: bool = True, rt: Runtime = Runtime(),
-               tracks: list[Path] | None = None, progress=None) -> FileScores:
-    """Classifier scores per window for the mix and/or each separated track of an audio file,
-    read a piece at a time. Raises AudioError.
+#: tracks_for(piece (T,) at the input's rate, input rate, piece start s, piece end s)
+#: → the piece's tracks (M, T') at the classifier's rate
+TracksFor = Callable[[np.ndarray, int, float, float], np.ndarray]
 
-    ``tracks``: the recording's separated tracks already on disk (``birdsep separate``'s
-    ``source_k.wav``), read instead of separating again, so that ``source_k`` in the
-    detections is the voice in that file. ``progress``, if given, is called with the fraction
-    done after each piece.
-    """
+
+def separating(separator, sr_out: int, rt: Runtime = Runtime()) -> TracksFor:
+    """Tracks made here: each piece resampled to the separator's rate, separated, resampled to ``sr_out``."""
+    from birdsep.separation.apply import BlockSettings, separate_array
+
+    settings = BlockSettings(device=rt.device, precision=rt.precision)
+    sr_m = separator.config.sample_rate
+
+    def tracks_for(x, sr_in, t0, t1):
+        return audio.resample(separate_array(separator, audio.resample(x, sr_in, sr_m), sr_m, settings), sr_m, sr_out)
+
+    return tracks_for
+
+
+def reading(tracks: list[Path], sr_out: int) -> TracksFor:
+    """Tracks already on disk (``birdsep separate``'s ``source_k`` files), read a piece at a
+    time and resampled to ``sr_out``; ``source_k`` in the detections is then the voice in that file."""
+
+    def tracks_for(x, sr_in, t0, t1):
+        parts = [audio.load(t, sr_out, start=t0, duration=t1 - t0)[0] for t in tracks]
+        n = min(len(p) for p in parts)
+        return np.stack([p[:n] for p in parts])
+
+    return tracks_for
+
+
+def score_file(path, classifier, tracks_for: TracksFor | None = None, *, window: float = 5.0,
+               overlap: float = 0.0, mix: bool = True, inputs: tuple[TrackInput, ...] = (RAW,),
+               progress=None) -> FileScores:
+    """Classifier scores per window of an audio file, read a piece at a time: the mix's and,
+    with ``tracks_for`` (:func:`separating`, :func:`reading`), each separated track's as heard
+    through each of ``inputs``. ``progress``, if given, is called with the fraction done after
+    each piece. Raises AudioError."""
     meta = audio.info(path, min_duration=audio.MIN_SECONDS)
     return _score(lambda t0, t1: audio.load(path, start=t0, duration=t1 - t0)[0], meta.sample_rate, meta.duration,
-                  classifier, separator, window, overlap, mix, separated, rt, tracks, progress)
+                  classifier, tracks_for, window, overlap, mix, inputs, progress)
 
 
-def score_array(x: np.ndarray, sample_rate: int, classifier, separator=None, *, window: float = 5.0,
-                overlap: float = 0.0, mix: bool = True, separated: bool = True, rt: Runtime = Runtime()) -> FileScores:
+def score_array(x: np.ndarray, sample_rate: int, classifier, tracks_for: TracksFor | None = None, *,
+                window: float = 5.0, overlap: float = 0.0, mix: bool = True,
+                inputs: tuple[TrackInput, ...] = (RAW,)) -> FileScores:
     """:func:`score_file` for mono audio (T,) in memory at ``sample_rate``."""
     def read(t0: float, t1: float) -> np.ndarray:  # the samples audio.load(start=t0, duration=t1 - t0) reads
         first = int(round(t0 * sample_rate))
         return x[first : first + int(round((t1 - t0) * sample_rate))]
 
-    return _score(read, sample_rate, len(x) / sample_rate, classifier, separator, window, overlap, mix, separated, rt)
+    return _score(read, sample_rate, len(x) / sample_rate, classifier, tracks_for, window, overlap, mix, inputs)
 
 
-def _score(read, sr_in: int, duration: float, classifier, separator, window: float, overlap: float, mix: bool,
-           separated: bool, rt: Runtime, tracks: list[Path] | None = None, progress=None) -> FileScores:
-    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; ``tracks``, ``progress``:
-    as :func:`score_file`."""
-    from birdsep.separation.apply import BlockSettings, separate_array
-
+def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor | None, window: float,
+           overlap: float, mix: bool, inputs: tuple[TrackInput, ...], progress=None) -> FileScores:
+    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; the rest as :func:`score_file`."""
     sr_cls = classifier.sample_rate
     n_cls = int(round(classifier.window_seconds * sr_cls))
     spans = window_spans(duration, window, overlap)
     hop = window * (1.0 - overlap)
     per_piece = max(1, int(PIECE_SECONDS // hop))
     n_lab = len(classifier.labels)
-    m = (len(tracks) if tracks is not None else separator.config.num_sources) if separated else 0
+    inputs = tuple(inputs) if tracks_for is not None else ()
     mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
-    sep_out = np.zeros((len(spans), m, n_lab), np.float32) if separated else None
-    settings = BlockSettings(device=rt.device, precision=rt.precision)
+    track_out: dict[TrackInput, np.ndarray] = {}
+    levels = None
     for p0 in range(0, len(spans), per_piece):
         piece = spans[p0 : p0 + per_piece]
         t0, t1 = piece[0][0], piece[-1][1]
         x = read(t0, t1)  # (T,) native rate
-        parts = []  # (1 + M or 1 or M, T') at the classifier's rate
-        if mix:
-            parts.append(audio.resample(x, sr_in, sr_cls)[None])
-        if separated and tracks is not None:
-            parts.append(np.stack([audio.load(t, sr_cls, start=t0, duration=t1 - t0)[0] for t in tracks]))
-        elif separated:
-            sr_m = separator.config.sample_rate
-            src = separate_array(separator, audio.resample(x, sr_in, sr_m), sr_m, settings)  # (M, T_m)
-            parts.append(audio.resample(src, sr_m, sr_cls))
-        length = min(t.shape[1] for t in parts)
-        y = np.concatenate([t[:, :length] for t in parts])  # (R, T')
-        wins = []  # per window (R, K, n); K differs for a short last window
-        for s, e in piece:
-            a, b = int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))
-            wins.append(sub_windows(y[:, a:b], n_cls))
+        x_cls = audio.resample(x, sr_in, sr_cls)
+        rows = [x_cls[None]] if mix else []  # streams to classify, each (R_i, T')
+        if inputs:
+            src = tracks_for(x, sr_in, t0, t1)  # (M, T'')
+            length = min(len(x_cls), src.shape[1])
+            src, x_cls = src[:, :length], x_cls[:length]
+            rows = [r[:, :length] for r in rows] + [inp.apply(src, x_cls) for inp in inputs]
+        y = np.concatenate(rows)  # (R, T')
+        bounds = [(int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))) for s, e in piece]
+        wins = [sub_windows(y[:, a:b], n_cls) for a, b in bounds]  # per window (R, K, n); K varies
         flat = classifier.predict(np.concatenate([w.reshape(-1, n_cls) for w in wins]))  # (Σ R·K, L)
         scores, i = [], 0
         for w in wins:
@@ -171,27 +230,35 @@ def _score(read, sr_in: int, duration: float, classifier, separator, window: flo
             scores.append(flat[i : i + r * k].reshape(r, k, n_lab).max(axis=1))
             i += r * k
         scores = np.stack(scores)  # (P, R, L)
-        rows = slice(p0, p0 + len(piece))
+        at = slice(p0, p0 + len(piece))
         if mix:
-            mix_out[rows] = scores[:, 0]
-        if separated:
-            sep_out[rows] = scores[:, int(mix):]
+            mix_out[at] = scores[:, 0]
+        if inputs:
+            m = src.shape[0]
+            if levels is None:
+                levels = np.zeros((len(spans), m), np.float32)
+                track_out = {inp: np.zeros((len(spans), m, n_lab), np.float32) for inp in inputs}
+            levels[at] = np.stack([track_levels(src[:, a:b]) for a, b in bounds])
+            for v, inp in enumerate(inputs):
+                first = int(mix) + v * m
+                track_out[inp][at] = scores[:, first : first + m]
         if progress is not None:
             progress(min(1.0, (p0 + len(piece)) / len(spans)))
-    return FileScores(spans, mix_out, sep_out)
+    return FileScores(spans, mix_out, track_out, levels)
 
 
-def combine(mode: str, fs: FileScores) -> tuple[np.ndarray, np.ndarray]:
+def rule_for(mode: str, name: str = "default") -> Rule:
+    """The combination rule of a mode: ``--combine``'s for mix+separated; "separated" is the
+    best of the tracks as they come (the paper's)."""
+    return combination.RULES[name] if mode == "mix+separated" else combination.PAPER
+
+
+def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N, L), channel (N, L)): channel 0 is the mix, k ≥ 1 the k-th separated track."""
-    if mode == "mix":
-        return fs.mix, np.zeros(fs.mix.shape, np.int16)
-    if mode == "separated":
-        stack = fs.separated
-        return stack.max(axis=1), (stack.argmax(axis=1) + 1).astype(np.int16)
-    if mode == "mix+separated":
-        stack = np.concatenate([fs.mix[:, None], fs.separated], axis=1)  # (N, 1 + M, L)
-        return stack.max(axis=1), stack.argmax(axis=1).astype(np.int16)
-    raise UsageError(f"unknown mode {mode!r}")
+    tracks = fs.tracks.get(rule.input) if mode != "mix" else None
+    if mode != "mix" and tracks is None:
+        raise ValueError(f"no scores for {rule.input.name}")
+    return combination.combine(rule, mode, fs.mix, tracks, fs.levels)
 
 
 @dataclass(frozen=True)
@@ -201,7 +268,7 @@ class Classification:
     labels: list[str]  # (L,) the classifier's species labels
     spans: np.ndarray  # (N, 2) start and end of each window, seconds
     mix: np.ndarray | None  # (N, L) scores of the mix (None in mode "separated")
-    separated: np.ndarray | None  # (N, M, L) scores of each separated track (None in mode "mix")
+    separated: np.ndarray | None  # (N, M, L) scores of each separated track as the mode heard it (None in "mix")
     scores: np.ndarray  # (N, L) the mode's scores
     channel: np.ndarray  # (N, L) where each score came from: 0 the mix, k source_k
     mode: str
@@ -234,37 +301,54 @@ def detections(file: str, spans, scores: np.ndarray, channel: np.ndarray, labels
             for i, j in zip(*np.nonzero(ok))]
 
 
-def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | None:
-    """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a
-    scientific or a common name); None without a file."""
-    if not species_file:
-        return None
-    wanted = {w.lower() for w in read_species_list(species_file)}
-    mask = np.array([bool(label_names(lab) & wanted) for lab in labels])
-    found = set().union(*(label_names(lab) for lab, k in zip(labels, mask) if k)) if mask.any() else set()
-    missing = sorted(wanted - found)
+def names_mask(labels: list[str], wanted: list[str], source: str) -> np.ndarray:
+    """Boolean mask of the labels named in ``wanted`` (full labels, scientific or common names;
+    case and punctuation do not matter). UsageError if none is; a warning for those not found."""
+    wanted_keys = {n for w in wanted for n in label_names(w)}
+    keys = [label_names(lab) for lab in labels]
+    mask = np.array([bool(k & wanted_keys) for k in keys])
     if not mask.any():
-        raise UsageError(f"{species_file}: none of its species are among the classifier's labels")
+        raise UsageError(f"{source}: none of its species are among the classifier's labels")
+    found = set().union(*(k for k, m in zip(keys, mask) if m))
+    missing = [w for w in wanted if not label_names(w) & found]
     if missing:
-        log.warning("%s: %d species not among the classifier's labels (e.g. %s)", species_file, len(missing),
+        log.warning("%s: %d species not among the classifier's labels (e.g. %s)", source, len(missing),
                     ", ".join(missing[:3]))
     return mask
+
+
+def species_mask(labels: list[str], species_file: str | None) -> np.ndarray | None:
+    """Boolean mask of the labels named in ``species_file`` (one per line: a full label, a
+    scientific or a common name; ``#`` comments; a folder means its ``species_list.txt``, as in
+    BirdNET-Analyzer); None without a file."""
+    if not species_file:
+        return None
+    path = Path(species_file)
+    if path.is_dir():
+        path = path / "species_list.txt"
+    return names_mask(labels, read_species_list(path), str(path))
+
+
+def location_mask(labels: list[str], opts: ClassifyOptions) -> np.ndarray:
+    """The labels BirdNET's metadata model expects at ``opts``' place and week."""
+    from birdsep.backends import location_species
+
+    expected = [lab for lab, _ in location_species(opts.lat, opts.lon, opts.week, opts.sf_thresh)]
+    return names_mask(labels, expected, f"species expected at {opts.lat:g}, {opts.lon:g} in week {opts.week}")
 
 
 # ------------------------------------------------------------------------------ files and batches
 
 
-def outputs_of(base: Path) -> dict[str, Path]:
-    return {k: base.with_name(base.name + s) for k, s in SUFFIXES.items()}
-
-
-def is_done(base: Path) -> bool:
-    return all(p.is_file() for p in outputs_of(base).values())
+def is_done(base: Path, rtype: tuple[str, ...] = ClassifyOptions.rtype) -> bool:
+    """Whether an input's tables of every type in ``rtype`` exist (``base``: OUT/<relative path>)."""
+    return all(p.is_file() for p in paths_of(base, rtype).values())
 
 
 class Detector:
-    """A loaded classifier (+ separator when the mode needs one), the options and the runtime
-    (``rt``: resolved from the options' device and precision unless given)."""
+    """A loaded classifier (+ separator when the mode needs one), the species kept, the
+    combination rule, the options and the runtime (``rt``: resolved from the options' device and
+    precision unless given)."""
 
     def __init__(self, opts: ClassifyOptions, rt: Runtime | None = None):
         from birdsep.backends import load_classifier
@@ -272,33 +356,79 @@ class Detector:
         self.opts = opts
         self.rt = rt or Runtime(runtime.resolve_device(opts.device), "fp32", "no separator")
         self.classifier = load_classifier(opts.classifier, threads=opts.threads or 1)
-        self.keep = species_mask(self.classifier.labels, opts.species_list)
+        labels = self.classifier.labels
+        self.keep = location_mask(labels, opts) if opts.location else species_mask(labels, opts.species_list)
+        self.rule = rule_for(opts.mode, opts.combine)
         self.separator = None
         if opts.mode != "mix":
-            from birdsep.pretrained import load_model, probe_audio
+            from birdsep.pretrained import load_model, probe_audio, resolve, weights_sha256
 
-            self.separator = load_model(opts.model, self.rt.device)
+            self.model_folder = resolve(opts.model)
+            self.separator = load_model(self.model_folder, self.rt.device)
+            self.model_sha256 = weights_sha256(self.model_folder)
             if rt is None:
                 probe = partial(probe_audio, self.separator.config.sample_rate)
                 self.rt = runtime.resolve(self.rt.device, opts.precision, self.separator, probe)
 
-    def scores(self, path, tracks: list[Path] | None = None, progress=None) -> FileScores:
+    def tracks_for(self, path: Path, base: Path | None = None, tracks: list[Path] | None = None) -> TracksFor | None:
+        """Where a file's tracks come from: ``tracks`` (files) if given; ``birdsep separate``'s
+        folder for it under ``--tracks`` when that holds this separator's tracks of this file;
+        else separated here (and kept there with ``keep_tracks``). None in mode ``mix``."""
+        if self.separator is None:
+            return None
+        sr = self.classifier.sample_rate
+        if tracks is not None:
+            return reading(tracks, sr)
         o = self.opts
-        return score_file(path, self.classifier, self.separator, window=o.window, overlap=o.overlap,
-                          mix=o.mode != "separated", separated=o.mode != "mix", rt=self.rt, tracks=tracks,
-                          progress=progress)
+        if o.tracks and base is not None:
+            from birdsep.pipeline import (RESULT_NAME, SeparateOptions, holds_tracks_of, read_result, separate_file,
+                                          track_files)
+
+            folder = Path(o.tracks) / base.relative_to(o.out)
+            if not holds_tracks_of(folder, path, self.model_sha256) and o.keep_tracks:
+                if (folder / RESULT_NAME).is_file():
+                    raise UsageError.of(path, f"{folder} holds other tracks (another separator or input); "
+                                              "choose another --tracks folder")
+                settings = SeparateOptions(out=o.tracks, model=str(self.model_folder), device=o.device,
+                                           precision=o.precision, progress=False)
+                separate_file(path, folder, self.separator, settings, self.rt, str(self.model_folder))
+            if holds_tracks_of(folder, path, self.model_sha256):
+                result = read_result(folder)
+                return reading(track_files(folder, result)[: len(result["sources"])], sr)
+        return separating(self.separator, sr, self.rt)
+
+    def scores(self, path, inputs: tuple[TrackInput, ...] | None = None, base: Path | None = None,
+               tracks: list[Path] | None = None, progress=None) -> FileScores:
+        """Window scores of the mix and of the tracks through ``inputs`` (default: the rule's)."""
+        o = self.opts
+        return score_file(path, self.classifier, self.tracks_for(Path(path), base, tracks), window=o.window,
+                          overlap=o.overlap / o.window, mix=o.mode != "separated",
+                          inputs=inputs or (self.rule.input,), progress=progress)
+
+    def detections(self, path, base: Path | None = None, tracks: list[Path] | None = None,
+                   progress=None) -> tuple[list[Detection], float]:
+        """One file's detections (≥ min_conf after the sensitivity, species kept) and its duration."""
+        from birdsep.backends import apply_sensitivity
+
+        fs = self.scores(path, base=base, tracks=tracks, progress=progress)
+        scores, channel = combine(self.opts.mode, fs, self.rule)
+        scores = apply_sensitivity(scores, self.opts.sensitivity)
+        dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
+        return dets, fs.spans[-1][1]
+
+    def context(self, path) -> Context:
+        o = self.opts
+        return Context(high_freq=int(min(HIGH_FREQ, audio.info(path).sample_rate // 2)),
+                       lat=o.lat if o.location else -1, lon=o.lon if o.location else -1,
+                       week=o.week if o.location else -1, overlap=o.overlap, sensitivity=o.sensitivity)
 
     def run(self, path: Path, base: Path, tracks: list[Path] | None = None, progress=None) -> float:
-        """Classify one file and write its three tables; returns its duration in seconds.
-        ``tracks``, ``progress``: as :func:`score_file`."""
-        fs = self.scores(path, tracks, progress)
-        scores, channel = combine(self.opts.mode, fs)
-        dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
-        paths = outputs_of(base)
-        write_raven(paths["raven"], dets)
-        write_audacity(paths["audacity"], dets)
-        write_csv(paths["csv"], dets)  # last: marks the input as done
-        return fs.spans[-1][1]
+        """Classify one file and write its tables; returns its duration in seconds. ``tracks``:
+        the recording's separated tracks already on disk; ``progress``: as :func:`score_file`."""
+        dets, duration = self.detections(path, base, tracks, progress)
+        write_outputs(base, dets, self.opts.rtype, self.context(path))
+        return duration
+
 
 
 def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | None = None):
@@ -310,7 +440,8 @@ def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | No
 
 def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     """``birdsep classify``: resumable, one error line per bad file (and OUT/errors.log), parallel
-    jobs or a Ray cluster (whose workers each settle device and precision on their own node)."""
+    jobs or a Ray cluster (whose workers each settle device and precision on their own node), and
+    the batch's combined tables rebuilt over every done input at the end."""
     opts.check()
     if opts.threads:
         import torch
@@ -322,8 +453,13 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     threads = threads_per_job(opts.threads, opts.jobs, opts.ray)
     worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
     rt = detector.rt if opts.ray is None else None
-    return run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=is_done,
-                     make_worker=_detector_worker, worker_args=(worker_opts, rt), jobs=opts.jobs, threads=threads,
-                     progress=opts.progress, verb="classifying", past="classified",
-                     work=_detector_worker(worker_opts, rt, detector) if opts.ray is None else None,
-                     cluster=opts.ray, device=opts.device)
+    done_here = partial(is_done, rtype=opts.rtype)
+    summary = run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=done_here,
+                        make_worker=_detector_worker, worker_args=(worker_opts, rt), jobs=opts.jobs, threads=threads,
+                        progress=opts.progress, verb="classifying", past="classified",
+                        work=_detector_worker(worker_opts, rt, detector) if opts.ray is None else None,
+                        cluster=opts.ray, device=opts.device)
+    done = [(f, Path(base), audio.info(f).duration) for f, base in summary.targets if done_here(Path(base))]
+    if done:
+        write_combined(out, done, opts.rtype)
+    return summary

@@ -109,6 +109,13 @@ def is_done(folder: Path, opts: SeparateOptions) -> bool:
     return all(f.is_file() for f in wanted)
 
 
+def holds_tracks_of(folder: Path, path: Path, model_sha256: str) -> bool:
+    """Whether ``folder`` holds finished tracks of ``path`` made by the separator with these weights."""
+    meta = read_result(folder)
+    return (is_done(folder, SeparateOptions()) and meta.get("model_sha256") == model_sha256
+            and meta.get("input_resolved") == str(Path(path).resolve()))
+
+
 def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Runtime, model_name: str = "",
                   progress: Callable[[float], None] | None = None) -> dict:
     """Separate one file into ``folder`` on the resolved runtime ``rt``; returns what goes into
@@ -120,6 +127,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     the page's legends show.
     """
     from birdsep.plots import SpectrogramAccumulator, VideoError, make_video, plot_separation
+    from birdsep.pretrained import weights_sha256
 
     started = time.time()
     meta = audio.info(path, min_duration=audio.MIN_SECONDS)
@@ -185,11 +193,13 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     result = {
         "birdsep_version": __version__,
         "input": str(path),
+        "input_resolved": str(Path(path).resolve()),
         "duration_s": round(meta.frames / sr_in, 4),
         "input_sample_rate": sr_in,
         "input_channels": meta.channels,
         "output_sample_rate": sr_out,
         "model": model_name,
+        "model_sha256": weights_sha256(model_name) if model_name else None,
         "model_config": model.config.to_dict(),
         "settings": {**asdict(settings), "sample_rate": opts.sample_rate, "format": opts.format, "bits": opts.bits},
         "clipped_samples": clipped,

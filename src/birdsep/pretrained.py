@@ -2,6 +2,7 @@
 bundled example recording (also the probe ``--precision auto`` measures on)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -123,3 +124,20 @@ def models_table() -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     evals = sorted({m["card"]["eval"] for m in shipped_separators() if m["card"].get("eval")})
     return "\n".join(lines + [""] + [f"MoMi: {e}" for e in evals] + ["--model takes a name above, a model folder or a run directory."])
+def weights_sha256(folder: str | Path) -> str | None:
+    """sha256 of a model folder's weights (what tells two separators apart; recorded in
+    separation.json); None if the folder has none. Computed once per weights file and version."""
+    path = resolve(folder) / WEIGHTS_NAME
+    stat = path.stat()
+    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

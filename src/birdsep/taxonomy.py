@@ -21,6 +21,7 @@ skips those levels' losses for its recordings instead of failing.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import logging
 import os
@@ -75,8 +76,12 @@ def split_label(label: str) -> tuple[str, str]:
 
 
 def label_names(label: str) -> set[str]:
-    """The lower-case names a label answers to: itself, its scientific and its common name."""
-    return {n.strip().lower() for n in (label, *split_label(label))}
+    """The names a label answers to, normalised (:func:`normalise`): itself and, for a
+    BirdNET-style ``Scientific_Common`` label (or an eBird code with a common name), its two
+    parts; a folder-style label (``european_robin``) is one name."""
+    sci, common = split_label(label)
+    parts = sci == common or " " in sci.strip() or any(c.isupper() or c == " " for c in common)
+    return {normalise(n) for n in ((label, sci, common) if parts else (label,))} - {""}
 
 
 def read_species_list(path: str | os.PathLike) -> list[str]:
@@ -228,3 +233,74 @@ class Taxonomy:
 
     def __len__(self) -> int:
         return len(self._by_scientific) + len(self._user)
+
+
+# ------------------------------------------------------------------------------ codes
+
+#: eBird/Clements checklists, newest first: a code from an older one fills what a newer one renamed.
+_EBIRD = ("ebird_2024_taxonomy.csv", "ebird_2023_taxonomy.csv", "ebird_2022_taxonomy.csv", "ebird_2021_taxonomy.csv")
+#: Four-letter alpha codes (Institute for Bird Populations, then the Bird Banding Laboratory).
+_ALPHA = (("ibp_2024_taxonomy.csv", "ibp_alpha"), ("bbl_2025_taxonomy.csv", "bbl_alpha"))
+
+
+def _rows(name: str):
+    """Rows of one of birdnames' checklist CSVs as dicts (nothing if birdnames or the file is missing)."""
+    folder = _birdnames_data()
+    path = folder / name if folder is not None else None
+    if path is not None and path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            for row in reader:
+                yield dict(zip(header, row))
+
+
+@functools.lru_cache(maxsize=1)
+def _ebird_codes() -> dict[str, str]:
+    """Normalised scientific or common name → eBird code (newest checklist first)."""
+    table: dict[str, str] = {}
+    for name in _EBIRD:
+        for row in _rows(name):
+            code = row.get("ebird_ebird_code", "").strip()
+            if code:
+                table.setdefault(normalise(row["scientific_name"]), code)
+                table.setdefault(normalise(row.get("ebird_common_name", "")), code)
+    table.pop("", None)
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _field_codes() -> tuple[dict[str, str], dict[str, set[str]]]:
+    """(alpha code → scientific name, six-letter genus+species abbreviation → scientific names)."""
+    alpha: dict[str, str] = {}
+    abbrev: dict[str, set[str]] = {}
+    for name, column in _ALPHA:
+        for row in _rows(name):
+            if row.get(column):
+                alpha.setdefault(row[column].strip().upper(), row["scientific_name"].strip())
+            if row.get("ibp_alpha6"):
+                abbrev.setdefault(row["ibp_alpha6"].strip().lower(), set()).add(row["scientific_name"].strip())
+    for name in [c[0] for c in _CHECKLISTS] + list(_EBIRD):
+        for row in _rows(name):
+            words = row["scientific_name"].split()
+            if len(words) == 2:
+                abbrev.setdefault((words[0][:3] + words[1][:3]).lower(), set()).add(" ".join(words))
+    return alpha, abbrev
+
+
+def ebird_code(label: str) -> str | None:
+    """The eBird species code of a label (``Scientific_Common``, a scientific or a common name),
+    as BirdNET-Analyzer writes it in a Raven table's "Species Code" column; None if unknown."""
+    table = _ebird_codes()
+    sci, _, common = label.partition("_")
+    return table.get(normalise(sci)) or (table.get(normalise(common)) if common else None)
+
+
+def species_for_code(code: str) -> list[str]:
+    """Scientific names a field code may stand for: a four-letter alpha code (``WOTH``) or a
+    six-letter genus + species abbreviation (``Sylatr``, ``HYLMUS``), sorted; [] if none."""
+    alpha, abbrev = _field_codes()
+    code = code.strip()
+    if len(code) == 4 and code.upper() in alpha:
+        return [alpha[code.upper()]]
+    return sorted(abbrev.get(code.lower(), ()))

@@ -1,0 +1,181 @@
+"""From the classifier's scores on the mix and on the separated tracks to one score per species
+and window (paper §2.5; ``birdsep classify --mode``).
+
+Two things are chosen, together called a :class:`Rule`:
+
+- **what the classifier hears for each track** (:class:`TrackInput`): the separated source as
+  it is, or with the recording's own mixture added back at a low level (so that the classifier
+  hears the recording's background rather than separation artefacts), and/or with the *high
+  band* (the input minus the sum of the sources: what lies above the separator's band, e.g.
+  11–24 kHz for a 22.05 kHz separator) so that tracks are full band;
+- **how the scores are pooled**: which tracks count in a window (drop tracks far below the
+  others; use tracks only where the separator finds more than one active source; let a track
+  speak only for its own top species), an optional affine map of track logits (calibration),
+  and the pooling itself: ``max`` (the paper: the maximum over the mix and the tracks) or
+  ``mean`` (the mean of the mix's logit and the best track's).
+
+The candidates measured side by side, and why :data:`DEFAULT` is the default, are in
+``docs/classify.md`` (``benchmarks/table2_real.py``): :data:`DEFAULT` adds the mixture back into
+every track at −20 dB and takes a weighted mean of logits, ⅔ the mix's and ⅓ the best
+track's. Scores are probabilities in [0, 1]; logits are clipped at ±15 (as the BirdNET backend
+clips its own).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from birdsep.errors import UsageError
+
+LOGIT_CLIP = 15.0
+
+
+@dataclass(frozen=True)
+class TrackInput:
+    """What the classifier hears for a separated track.
+
+    ``mix_db``: the mixture added to every track at this level (dB; None: not added).
+    ``high_band``: the band above the separator's (input − Σ sources) added to every track.
+    """
+
+    mix_db: float | None = None
+    high_band: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = ["tracks"] + (["high band"] if self.high_band else [])
+        if self.mix_db is not None:
+            parts.append(f"mix {self.mix_db:+g} dB")
+        return " + ".join(parts)
+
+    def apply(self, tracks: np.ndarray, mix: np.ndarray) -> np.ndarray:
+        """(M, T) sources and the (T,) mixture, both at the classifier's rate → (M, T) inputs."""
+        y = tracks
+        if self.high_band:
+            y = y + (mix - tracks.sum(0))[None]
+        if self.mix_db is not None:
+            y = y + (10.0 ** (self.mix_db / 20.0)) * mix[None]
+        return np.asarray(y, dtype=np.float32)
+
+
+RAW = TrackInput()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the mix's and the tracks' scores become one score per window and species.
+
+    ``min_level_db``: a track whose energy in the window is below this share of the tracks'
+    total (dB) is dropped there. ``min_active``: tracks count only in windows where at least
+    this many tracks are within ``active_db`` of the total. ``top_k``: a track's score counts
+    only for its own ``top_k`` highest-scoring species. ``calibration`` (a, b): a track's
+    logit ℓ becomes a·ℓ + b before pooling. ``align``: a quantile q; each track's logits are
+    shifted, window by window, so that their q-quantile over all labels equals the mix's (what
+    separation artefacts add to every species is taken off). ``pool``: ``max`` or ``mean`` (see
+    the module); ``track_weight``: the best track's weight in ``mean`` (½: the plain mean).
+    """
+
+    name: str
+    input: TrackInput = RAW
+    min_level_db: float | None = None
+    min_active: int = 1
+    active_db: float = -20.0
+    top_k: int | None = None
+    calibration: tuple[float, float] | None = None
+    align: float | None = None
+    pool: str = "max"
+    track_weight: float = 0.5
+
+    def __post_init__(self):
+        if self.pool not in ("max", "mean"):
+            raise ValueError(f"pool must be 'max' or 'mean', not {self.pool!r}")
+
+
+#: The paper's rule: the maximum over the mix and every separated track, as they come.
+PAPER = Rule("max (paper)")
+#: What ``--mode mix+separated`` does by default (chosen in docs/classify.md): every track is heard
+#: with the mixture added back at −20 dB, and a species' logit is ⅔ the mix's plus ⅓ the best
+#: track's (the mix's alone where no track counts).
+DEFAULT = Rule("mix back −20 dB, track weight ⅓", input=TrackInput(mix_db=-20.0), pool="mean", track_weight=1 / 3)
+#: ``--combine`` names.
+RULES = {"default": DEFAULT, "max": PAPER}
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.clip(np.log(p) - np.log1p(-p), -LOGIT_CLIP, LOGIT_CLIP)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -LOGIT_CLIP, LOGIT_CLIP)))
+
+
+def track_levels(tracks: np.ndarray) -> np.ndarray:
+    """(..., M, T) → (..., M): each track's energy as a share of the tracks' total, in dB
+    (−120 dB where the window is silent)."""
+    e = np.einsum("...t,...t->...", tracks.astype(np.float64), tracks.astype(np.float64))
+    total = e.sum(-1, keepdims=True)
+    return np.where(total > 0, 10 * np.log10(np.maximum(e, 1e-30) / np.maximum(total, 1e-30)), -120.0).clip(-120, 0)
+
+
+def kept_tracks(rule: Rule, levels: np.ndarray) -> np.ndarray:
+    """(N, M) levels (dB) → (N, M) bool: the tracks that count in each window."""
+    keep = np.ones(levels.shape, bool)
+    if rule.min_level_db is not None:
+        keep &= levels >= rule.min_level_db
+    if rule.min_active > 1:
+        keep &= ((levels >= rule.active_db).sum(1) >= rule.min_active)[:, None]
+    return keep
+
+
+def best_track(rule: Rule, tracks: np.ndarray, levels: np.ndarray,
+               mix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, M, L) track scores → (best logit (N, L), −inf where no track counts; its track
+    1…M (N, L), 0 where none). ``mix`` (N, L) is needed by ``rule.align``."""
+    lt = logit(tracks)
+    if rule.align is not None:
+        lt = lt + (np.quantile(logit(mix), rule.align, axis=-1)[:, None]
+                   - np.quantile(lt, rule.align, axis=-1))[..., None]
+    if rule.calibration is not None:
+        a, b = rule.calibration
+        lt = a * lt + b
+    mask = np.broadcast_to(kept_tracks(rule, levels)[:, :, None], lt.shape)
+    if rule.top_k is not None:
+        k = min(rule.top_k, tracks.shape[-1])
+        kth = np.partition(tracks, -k, axis=-1)[..., -k, None]  # (N, M, 1): each track's k-th best
+        mask = mask & (tracks >= kth)
+    lt = np.where(mask, lt, -np.inf)
+    best = lt.max(axis=1) if lt.shape[1] else np.full((lt.shape[0], lt.shape[2]), -np.inf)
+    arg = lt.argmax(axis=1) + 1 if lt.shape[1] else np.zeros(best.shape, int)
+    return best, np.where(np.isfinite(best), arg, 0).astype(np.int16)
+
+
+def combine(rule: Rule, mode: str, mix: np.ndarray | None, tracks: np.ndarray | None,
+            levels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N, L) and the input that gave each (N, L): 0 the mix, k ≥ 1 the k-th track.
+
+    mode ``mix``: the mix's scores; ``separated``: the best counted track (0 where none
+    counts); ``mix+separated``: the rule's pooling of the mix and the best counted track.
+    mix (N, L), tracks (N, M, L), levels (N, M).
+    """
+    if mode == "mix":
+        return np.asarray(mix, np.float32), np.zeros(mix.shape, np.int16)
+    if mode not in ("separated", "mix+separated"):
+        raise UsageError(f"unknown mode {mode!r}")
+    best, arg = best_track(rule, tracks, levels, mix)
+    if mode == "separated":
+        return np.where(np.isfinite(best), sigmoid(best), 0.0).astype(np.float32), arg
+    lm = logit(mix)
+    if rule.pool == "max":
+        take = best > lm
+        out = np.where(take, best, lm)
+    else:  # weighted mean of the mix's logit and the best track's; the mix alone where no track counts
+        take = np.isfinite(best)
+        w = rule.track_weight
+        out = np.where(take, (1 - w) * lm + w * np.where(take, best, 0.0), lm)
+    return sigmoid(out).astype(np.float32), np.where(take, arg, 0).astype(np.int16)
+
+
+def with_input(rule: Rule, track_input: TrackInput, name: str | None = None) -> Rule:
+    return replace(rule, input=track_input, name=name or rule.name)

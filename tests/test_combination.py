@@ -1,0 +1,90 @@
+"""Combination rules (birdsep.combination) on hand-made scores with known answers."""
+import numpy as np
+import pytest
+
+from birdsep.combination import DEFAULT, PAPER, RULES, Rule, TrackInput, combine, logit, sigmoid, track_levels
+
+# one window (N = 1), M = 3 tracks, L = 3 species
+MIX = np.array([[0.30, 0.60, 0.05]])
+TRACKS = np.array([[[0.80, 0.10, 0.20],  # track 1: species 0 loud and clear
+                    [0.10, 0.70, 0.40],  # track 2: species 1, and species 2 second
+                    [0.35, 0.05, 0.50]]])  # track 3: faint; species 2 on top
+LEVELS = np.array([[-1.0, -6.0, -30.0]])  # dB of the tracks' energy
+
+
+def test_paper_max_and_modes():
+    s, c = combine(PAPER, "mix+separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(np.array([[0.80, 0.70, 0.50]]), abs=1e-6)
+    assert c.tolist() == [[1, 2, 3]]
+    s, c = combine(PAPER, "separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(np.array([[0.80, 0.70, 0.50]]), abs=1e-6) and c.tolist() == [[1, 2, 3]]
+    s, c = combine(PAPER, "mix", MIX, TRACKS, LEVELS)
+    assert np.allclose(s, MIX) and c.tolist() == [[0, 0, 0]]
+
+
+def test_faint_tracks_are_dropped():
+    s, c = combine(Rule("gate", min_level_db=-20), "mix+separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(np.array([[0.80, 0.70, 0.40]]), abs=1e-6)  # species 2 now from track 2
+    assert c.tolist() == [[1, 2, 2]]
+    s, c = combine(Rule("gate", min_level_db=-3), "separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(np.array([[0.80, 0.10, 0.20]]), abs=1e-6) and c.tolist() == [[1, 1, 1]]
+    s, c = combine(Rule("none", min_level_db=0.5), "separated", MIX, TRACKS, LEVELS)
+    assert s.tolist() == [[0, 0, 0]] and c.tolist() == [[0, 0, 0]]  # no track counts
+
+
+def test_tracks_only_where_several_sources_are_active():
+    two_windows_mix = np.repeat(MIX, 2, 0)
+    tracks = np.repeat(TRACKS, 2, 0)
+    levels = np.array([[-1.0, -6.0, -30.0],  # two active (≥ −20 dB): tracks count
+                       [-0.1, -25.0, -30.0]])  # one: the mix alone
+    s, c = combine(Rule("busy", min_active=2), "mix+separated", two_windows_mix, tracks, levels)
+    assert s[0] == pytest.approx([0.80, 0.70, 0.50], abs=1e-6)  # ≥ 2 active: all three tracks count
+    assert s[1] == pytest.approx(MIX[0], abs=1e-6) and c[1].tolist() == [0, 0, 0]
+
+
+def test_each_track_speaks_for_its_top_species():
+    s, c = combine(Rule("top1", top_k=1), "mix+separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(np.array([[0.80, 0.70, 0.50]]), abs=1e-6)  # every winner is its track's top
+    tracks = TRACKS.copy()
+    tracks[0, 0, 2] = 0.79  # track 1's second species may not lift species 2 …
+    s, c = combine(Rule("top1", top_k=1), "mix+separated", MIX, tracks, LEVELS)
+    assert s[0, 2] == pytest.approx(0.50) and c[0, 2] == 3
+    s, c = combine(Rule("top2", top_k=2), "mix+separated", MIX, tracks, LEVELS)
+    assert s[0, 2] == pytest.approx(0.79) and c[0, 2] == 1  # … but with k = 2 it may
+
+
+def test_calibration_and_mean_pooling():
+    a, b = 0.5, -1.0
+    s, c = combine(Rule("cal", calibration=(a, b)), "mix+separated", MIX, TRACKS, LEVELS)
+    best = (a * logit(TRACKS) + b).max(1)
+    want = np.maximum(logit(MIX), best)
+    assert s == pytest.approx(sigmoid(want), abs=1e-6)
+    assert c.tolist() == [[1, 0, 3]]  # shrunk, track 2 no longer beats the mix for species 1
+    s, c = combine(Rule("mean", pool="mean"), "mix+separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(sigmoid((logit(MIX) + logit(TRACKS).max(1)) / 2), abs=1e-6)
+    assert c.tolist() == [[1, 2, 3]]
+    s, c = combine(Rule("mean", pool="mean", min_level_db=1), "mix+separated", MIX, TRACKS, LEVELS)
+    assert s == pytest.approx(MIX, abs=1e-6) and c.tolist() == [[0, 0, 0]]  # no track: the mix alone
+
+
+def test_track_inputs_and_levels():
+    rng = np.random.default_rng(0)
+    tracks = rng.standard_normal((4, 1000)).astype(np.float32)
+    mix = tracks.sum(0) + 0.1 * rng.standard_normal(1000).astype(np.float32)  # the mix has a "high band" too
+    assert np.array_equal(TrackInput().apply(tracks, mix), tracks)
+    full = TrackInput(high_band=True).apply(tracks, mix)
+    assert np.allclose(full - tracks, (mix - tracks.sum(0))[None], atol=1e-5)
+    back = TrackInput(mix_db=-20).apply(tracks, mix)
+    assert np.allclose(back - tracks, 0.1 * mix[None], atol=1e-5)
+    assert TrackInput(mix_db=-20, high_band=True).name == "tracks + high band + mix -20 dB"
+    lv = track_levels(np.stack([tracks, np.zeros_like(tracks)]))  # (2 windows, 4 tracks)
+    assert np.allclose((10 ** (lv[0] / 10)).sum(), 1) and np.all(lv[1] == -120)
+    quiet = tracks.copy()
+    quiet[3] *= 0.01
+    assert track_levels(quiet)[3] == pytest.approx(track_levels(quiet)[0] - 40, abs=1.5)
+
+
+def test_rule_names_and_validation():
+    assert RULES["max"] is PAPER and RULES["default"] is DEFAULT
+    with pytest.raises(ValueError):
+        Rule("x", pool="median")
