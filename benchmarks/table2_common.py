@@ -60,6 +60,42 @@ def candidates(separator, full_band: bool = False) -> list[Rule]:
     return [r for r in CANDIDATES if full or not r.input.high_band]
 
 
+def add_arguments(ap) -> None:
+    """The flags both benchmarks take."""
+    ap.add_argument("--model", default=None, help="separator (default: the shipped model)")
+    ap.add_argument("--reps", type=int, default=1000, help="bootstrap replicates")
+    ap.add_argument("--full-band", action="store_true",
+                    help="also the full-band candidate (tracks + the band above a 22.05 kHz separator's)")
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def start(a, data: Path, title: str):
+    """Check the data, print the header, load BirdNET and the separator: (detector, score cache,
+    candidate rules)."""
+    import sys
+    import time
+
+    if not data.is_dir():
+        sys.exit(f"needs the real recordings in {data}")
+    import torch
+
+    from birdsep.detect import ClassifyOptions, Detector
+    from birdsep.pretrained import resolve
+    from common import header
+
+    torch.set_num_threads(a.threads)
+    header(title)
+    det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", model=a.model, threads=a.threads))
+    folder = resolve(a.model)
+    digest = weights_digest(folder)
+    cache = ScoreCache(det, digest)
+    written = time.strftime("%Y-%m-%d %H:%M", time.gmtime((folder / "model.safetensors").stat().st_mtime))
+    print(f"separator: {a.model or 'the shipped default'} ({folder}; M = {det.separator.config.num_sources}, "
+          f"{det.separator.config.sample_rate} Hz; weights sha1 {digest}, written {written} UTC); classifier: "
+          f"{det.classifier.name}; score cache: {cache.root}\n")
+    return det, cache, candidates(det.separator, a.full_band)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("BIRDSEP_CACHE", Path.home() / ".cache" / "birdsep")) / "table2_scores"
 

@@ -32,15 +32,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 import table2_common as T2
-from common import header
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOUNDSCAPES = DATA / "soundscapes"
@@ -151,37 +147,18 @@ def recordings(labels: list[str]) -> tuple[list[T2.Recording], list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="separator (default: the shipped model)")
-    ap.add_argument("--reps", type=int, default=1000, help="bootstrap replicates")
+    T2.add_arguments(ap)
     ap.add_argument("--scenes", type=int, default=96, help="synthetic test scenes (seed 0), as table2_synthetic.py")
     ap.add_argument("--selection-scenes", type=int, default=96,
                     help="synthetic scenes (seed 1) on which rules are chosen and the calibration is fitted")
-    ap.add_argument("--full-band", action="store_true",
-                    help="also the full-band candidate (tracks + the band above a 22.05 kHz separator's)")
-    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"needs the real recordings in {DATA}")
-    import torch
-
-    torch.set_num_threads(a.threads)
+    started = time.time()
+    det, cache, rules = T2.start(a, DATA, "Table 2 on real annotated soundscapes (and the synthetic ones): BirdNET on "
+                                 "the mix, the separated tracks, and both, by combination rule")
     import table2_synthetic as TS
     from birdsep.combination import DEFAULT
-    from birdsep.detect import ClassifyOptions, Detector
-    from birdsep.pretrained import resolve
 
-    header("Table 2 on real annotated soundscapes (and the synthetic ones): BirdNET on the mix, the separated "
-           "tracks, and both, by combination rule")
-    started = time.time()
-    det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", model=a.model, threads=a.threads))
     labels = det.classifier.labels
-    folder = resolve(a.model)
-    digest = T2.weights_digest(folder)
-    cache = T2.ScoreCache(det, digest)
-    rules = T2.candidates(det.separator, a.full_band)
-    print(f"separator: {a.model or 'the shipped default'} ({folder}; M = {det.separator.config.num_sources}, "
-          f"{det.separator.config.sample_rate} Hz; weights sha1 {digest}); classifier: {det.classifier.name}; "
-          f"score cache: {cache.root}\n")
     recs, notes = recordings(labels)
     print("\n".join(notes) + "\n")
 

@@ -25,13 +25,12 @@ import argparse
 import csv
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import header, table
+from common import table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RATE = 48000
@@ -157,42 +156,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default=None, help="separator (default: the shipped model)")
     ap.add_argument("--work", default=None, help="folder for the soundscapes (default: in the score cache)")
-    ap.add_argument("--reps", type=int, default=1000, help="bootstrap replicates")
-    ap.add_argument("--full-band", action="store_true",
-                    help="also the full-band candidate (tracks + the band above a 22.05 kHz separator's)")
-    ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"needs the real recordings in {DATA}")
-    import torch
-
-    torch.set_num_threads(a.threads)
     import table2_common as T2
-    from birdsep.detect import ClassifyOptions, Detector
-    from birdsep.evaluation import covers
-    from birdsep.pretrained import resolve
 
-    header("Table 2 on synthetic soundscapes: BirdNET on the mix, the separated tracks, and both")
-    det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", model=a.model, threads=a.threads))
+    T2.add_arguments(ap)
+    a = ap.parse_args()
+    det, cache, rules = T2.start(a, DATA, "Table 2 on synthetic soundscapes: BirdNET on the mix, the separated "
+                                 "tracks, and both")
+    from birdsep.evaluation import covers
+
     t0 = time.time()
     recs = scene_recordings(a.scenes, a.seed, det.classifier.labels, Path(a.work) if a.work else None)
     used = sorted({e[2] for r in recs for e in r.events})
     n_events = sum(len(r.events) for r in recs)
     print(f"{len(recs)} soundscapes of {SCENE_SECONDS:g} s at {RATE} Hz ({len(recs) * SCENE_SECONDS / 60:.1f} min), "
           f"{n_events} events of {len(used)} species (seed {a.seed}); ready in {time.time() - t0:.0f} s")
-    folder = resolve(a.model)
-    digest = T2.weights_digest(folder)
-    weights = folder / "model.safetensors"
-    print(f"separator: {a.model or 'the shipped default'} (M = {det.separator.config.num_sources}, "
-          f"{det.separator.config.sample_rate} Hz; model.safetensors sha1 {digest}, "
-          f"written {time.strftime('%Y-%m-%d %H:%M', time.gmtime(weights.stat().st_mtime))} UTC); "
-          f"classifier: {det.classifier.name}")
 
     t0 = time.time()
-    cache = T2.ScoreCache(det, digest)
-    rules = [r for r in T2.candidates(det.separator, a.full_band) if r.calibration is None]  # fitted in table2_real
+    rules = [r for r in rules if r.calibration is None]  # fitted on the selection scenes: table2_real.py
     m = T2.matrices(recs, cache, det.classifier.labels, T2.inputs_of(rules), progress=False)
     elapsed = time.time() - t0
     print(f"scored in {elapsed:.0f} s ({cache.computed_s:.0f} s computing, the rest from the cache)\n")
