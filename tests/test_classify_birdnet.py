@@ -137,11 +137,11 @@ def test_output_types_location_filter_and_resumed_combined_tables(data_dir, tmp_
     # interrupted after the first file, then resumed
     real_run, calls = Detector.run, []
 
-    def interrupted(self, path, base):
+    def interrupted(self, path, base, *rest, **kw):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(self, path, base)
+        return real_run(self, path, base, *rest, **kw)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(Detector, "run", interrupted)
