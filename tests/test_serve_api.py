@@ -150,6 +150,41 @@ def test_bad_choices_are_400_with_one_line(tree, tmp_path):
     assert client.get("/api/result", params=rid).status_code == 409  # not processed yet
 
 
+def test_birdnet_location_filter_is_a_setting(tree, tmp_path):
+    """The page's BirdNET choice takes classify's --lat/--lon/--week: checked as on the command
+    line, kept apart in its own detections folder, and handed to the detector."""
+    if not _birdnet():
+        pytest.skip("needs the birdnet extra (BirdNET's metadata model)")
+    from birdsep.serve.work import Worker
+
+    app, jobs = build(ServeOptions(roots=[str(tree)], out=str(tmp_path / "out"), classifiers=["birdnet"]))
+    client = TestClient(app, base_url=LOCAL)
+    c = client.get("/api/config").json()
+    assert c["classifiers"] == [{"label": "birdnet", "kind": "birdnet", "location": True}]
+    assert (c["defaults"]["lat"], c["defaults"]["lon"], c["defaults"]["week"]) == (None, None, -1)
+    rid = {"id": "recordings/dawn.wav"}
+    for bad in ({"lat": 200, "lon": 7.6}, {"lat": 47.5, "lon": 7.6, "week": 53}, {"lat": 47.5}):
+        r = client.get("/api/status", params={**rid, **bad})
+        assert r.status_code == 400 and "\n" not in r.json()["detail"], (bad, r.text)
+    assert client.get("/api/status", params={**rid, "lat": 47.5, "lon": 7.6, "week": 20}).status_code == 200
+    jobs.close()
+
+    library = Library.create([tree], tmp_path / "out", classifiers=["birdnet"])
+    rec = library.resolve("recordings/dawn.wav")
+    located = library.settings(lat=47.5, lon=7.6, week=20)
+    assert (located.lat, located.lon, located.week) == (47.5, 7.6, 20)
+    assert library.settings() == library.defaults and library.settings(classifier="none", lat=47.5, lon=7.6).lat is None
+    assert library.detections_base(rec, located) != library.detections_base(rec, library.defaults)
+    detector = Worker(library, device="cpu", precision="fp32", threads=1)._detector(located)
+    assert (detector.opts.lat, detector.opts.lon, detector.opts.week) == (47.5, 7.6, 20)
+    assert 50 < detector.keep.sum() < len(detector.classifier.labels) / 2  # the filter is on
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    trained = Library.create([tree], tmp_path / "out", classifiers=[str(run)])
+    with pytest.raises(UsageError, match="needs BirdNET"):
+        trained.settings(lat=47.5, lon=7.6)
+
+
 def test_upload_limit(tree, tmp_path):
     client = _client(tree, tmp_path, max_upload_mb=0.01)  # 10 kB
     big = io.BytesIO()

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from birdsep import __version__
 from birdsep.errors import AudioError, UsageError
 from birdsep.serve.jobs import JobManager
-from birdsep.serve.library import SERVE_DIR, Library, NotFound, Recording, Refused, Settings, TooLarge
+from birdsep.serve.library import SERVE_DIR, SERVE_RTYPES, Library, NotFound, Recording, Refused, Settings, TooLarge
 from birdsep.serve.media import Media, track_colours, track_ids
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
     """``allowed_hosts``: the names a request's Host header may give (None: any); serving on
     loopback, only the loopback names, so that a web site cannot reach the API through a
     DNS name of its own pointed at 127.0.0.1."""
-    from birdsep.detect import MODES, outputs_of
-    from birdsep.outputs import read_table
+    from birdsep.detect import MODES
+    from birdsep.outputs import paths_of, read_table
     from birdsep.pipeline import RESULT_NAME, levels_db, plot_folder, track_files
     from birdsep.plots import SCALES
 
@@ -93,8 +93,9 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc})"}, status_code=500)
 
     def settings(separator: str | None = None, classifier: str | None = None, mode: str | None = None,
-                 min_conf: float | None = None) -> Settings:
-        return library.settings(separator, classifier, mode, min_conf)
+                 min_conf: float | None = None, lat: float | None = None, lon: float | None = None,
+                 week: int | None = None) -> Settings:
+        return library.settings(separator, classifier, mode, min_conf, lat, lon, week)
 
     def recording(id: str) -> Recording:  # noqa: A002 (the query parameter's name)
         return library.resolve(id)
@@ -136,9 +137,10 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
                       for r in library.roots.values()],
             "separators": [{"name": n, "sources": d["sources"], "default": n == library.defaults.separator}
                            for n, d in library.separators.items()],
-            "classifiers": [{"label": k, "kind": "birdnet" if v == "birdnet" else "trained"}
+            "classifiers": [{"label": k, "kind": "birdnet" if v == "birdnet" else "trained",
+                             "location": v == "birdnet"}  # takes lat, lon, week (BirdNET's metadata model)
                             for k, v in library.classifiers.items()],
-            "defaults": library.defaults.to_dict(),
+            "defaults": asdict(library.defaults),
             "modes": list(MODES),
             "scales": list(SCALES),
             "upload_limit_bytes": upload_limit,
@@ -269,7 +271,7 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
         if what in ("raven", "csv", "audacity"):
             if library.detections_csv(rec, s) is None:
                 raise NotReady(f"{rec.id}: not classified yet")
-            path = outputs_of(library.detections_base(rec, s))[what]
+            path = paths_of(library.detections_base(rec, s), SERVE_RTYPES)["table" if what == "raven" else what]
             return attachment(path, path.name)
         if what == "picture":
             path = folder / "separation.png"

@@ -66,6 +66,10 @@ class Recording:
         return files.relative_stem(self.path, self.root.folder)
 
 
+#: The tables the page writes and offers for download (those of ``birdsep classify``'s default --rtype).
+SERVE_RTYPES = ("table", "csv", "audacity")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a result depends on: the separator and the classifier with its options."""
@@ -74,9 +78,16 @@ class Settings:
     classifier: str | None  # a label from Library.classifiers, None: separate only
     mode: str = "mix+separated"
     min_conf: float = 0.1
+    lat: float | None = None  # BirdNET's location and season filter (classify --lat/--lon/--week)
+    lon: float | None = None
+    week: int = -1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.lat is None:  # no filter: the same folder names as before the filter existed
+            for k in ("lat", "lon", "week"):
+                d.pop(k)
+        return d
 
 
 @dataclass
@@ -135,8 +146,11 @@ class Library:
 
     # ------------------------------------------------------------------ settings
     def settings(self, separator: str | None = None, classifier: str | None = None, mode: str | None = None,
-                 min_conf: float | None = None) -> Settings:
-        """Settings from the page's choices (None: the default); unknown choices are refused."""
+                 min_conf: float | None = None, lat: float | None = None, lon: float | None = None,
+                 week: int | None = None) -> Settings:
+        """Settings from the page's choices (None: the default); unknown choices are refused.
+        ``lat``/``lon``/``week``: BirdNET's location and season filter, as ``classify``'s flags."""
+        from birdsep.backends import check_location
         from birdsep.detect import MODES
 
         d = self.defaults
@@ -155,7 +169,15 @@ class Library:
         min_conf = d.min_conf if min_conf is None else float(min_conf)
         if not 0 <= min_conf <= 1:
             raise UsageError("min_conf must be in [0, 1]")
-        return Settings(separator, classifier, mode, min_conf)
+        week = -1 if week is None else int(week)
+        if lat is None and lon is None and week == -1 or classifier is None:
+            return Settings(separator, classifier, mode, min_conf)
+        if self.classifiers.get(classifier) != "birdnet":
+            raise UsageError("the location filter (lat, lon, week) needs BirdNET as the classifier")
+        if lat is None or lon is None:
+            raise UsageError("the location filter needs both lat and lon")
+        check_location(float(lat), float(lon), week)
+        return Settings(separator, classifier, mode, min_conf, float(lat), float(lon), week)
 
     def separator_path(self, s: Settings) -> str:
         return self.separators[s.separator]["path"]
@@ -224,12 +246,12 @@ class Library:
         return result
 
     def detections_csv(self, rec: Recording, s: Settings) -> Path | None:
-        from birdsep.detect import is_done, outputs_of
+        from birdsep.outputs import paths_of
 
         if s.classifier is None:
             return None
-        base = self.detections_base(rec, s)
-        return outputs_of(base)["csv"] if is_done(base) else None
+        paths = paths_of(self.detections_base(rec, s), SERVE_RTYPES)
+        return paths["csv"] if all(p.is_file() for p in paths.values()) else None
 
     def listing(self, label: str, s: Settings) -> list[dict]:
         """The recordings under a root (at most MAX_LISTED), with what is on disk for ``s``."""

@@ -22,9 +22,19 @@ function clearError() { $("#error").hidden = true; }
 $("#error .close").onclick = clearError;
 
 // ---------------------------------------------------------------------- settings
+// BirdNET's location filter (lat, lon, week) only shows, and only counts, with a classifier that takes it
+function locationShown() {
+  const k = app.config.classifiers.find((c) => c.label === $("#classifier").value);
+  const shown = Boolean(k && k.location);
+  $("#location").hidden = !shown;
+  return shown;
+}
+
 function currentSettings() {
   const out = {};
+  const located = locationShown();
   for (const k of SETTINGS) {
+    if (!located && ["lat", "lon", "week"].includes(k)) continue;
     const v = $(`#${k}`).value;
     if (v !== "" && String(v) !== String(app.config.defaults[k] ?? "none")) out[k] = v;
   }
@@ -39,9 +49,10 @@ function fillSettings(params) {
     opt("none", "none (tracks only)"));
   $("#mode").replaceChildren(...c.modes.map((m) => opt(m, m)));
   for (const k of SETTINGS) {
-    const v = params.get(k) ?? c.defaults[k] ?? "none";
+    const v = params.get(k) ?? c.defaults[k] ?? (k === "classifier" ? "none" : "");
     $(`#${k}`).value = v;
   }
+  locationShown();
 }
 
 $("#settings").addEventListener("change", () => {
