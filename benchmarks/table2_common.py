@@ -3,8 +3,9 @@
 - :class:`ScoreCache`: the classifier's window scores of each recording's mix, and of its
   separated tracks as heard through each :class:`~birdsep.combination.TrackInput`, kept on disk
   (``npz``, float16) under a key made of the file's contents, the classifier, the window and,
-  for tracks, the separator's weights (sha256) and the track input. Trying a new combination
-  rule then costs seconds; a new separator or track input costs one pass of the classifier.
+  for tracks, the separator's weights (sha1 of model.safetensors) and the track input. Trying a
+  new combination rule then costs seconds; a new separator or track input costs one pass of the
+  classifier.
 - :data:`CANDIDATES`: the combination rules measured side by side.
 - :func:`evaluate_rules`: truth and score matrices over every recording's windows, the four
   metrics, and paired bootstrap 95 % intervals (over recordings) of each rule's gain over the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,14 +90,17 @@ def start(a, data: Path, title: str):
     digest = weights_digest(folder)
     cache = ScoreCache(det, digest)
     written = time.strftime("%Y-%m-%d %H:%M", time.gmtime((folder / "model.safetensors").stat().st_mtime))
-    print(f"separator: {a.model or 'the shipped default'} ({folder}; M = {det.separator.config.num_sources}, "
+    print(f"separator: {a.model or 'the shipped default'} ({folder.name}; M = {det.separator.config.num_sources}, "
           f"{det.separator.config.sample_rate} Hz; weights sha1 {digest}, written {written} UTC); classifier: "
           f"{det.classifier.name}; score cache: {cache.root}\n")
     return det, cache, candidates(det.separator, a.full_band)
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("BIRDSEP_CACHE", Path.home() / ".cache" / "birdsep")) / "table2_scores"
+    """table2_scores/ in birdsep's cache folder ($BIRDSEP_CACHE, else ~/.cache/birdsep)."""
+    from birdsep.separation.runtime import choices_file
+
+    return choices_file().parent / "table2_scores"
 
 
 def file_digest(path: Path) -> str:
@@ -154,9 +157,10 @@ class ScoreCache:
 
 
 def _save(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from birdsep import files
+
+    with files.atomic(path) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no .npz to it
+        np.savez(fh, **arrays)
 
 
 # ------------------------------------------------------------------------------ evaluation
