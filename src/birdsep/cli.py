@@ -275,10 +275,13 @@ def _rtypes(values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _add_location(p) -> None:
-    p.add_argument("--lat", type=float, default=None, help="recording latitude (decimal degrees, -90..90): keep only "
-                   "species BirdNET's metadata model expects there (needs --lon)")
-    p.add_argument("--lon", type=float, default=None, help="recording longitude (decimal degrees, -180..180)")
+def _add_location(p, required: bool = False) -> None:
+    """BirdNET-Analyzer's --lat/--lon/--week/--sf-thresh (its metadata model's species list)."""
+    p.add_argument("--lat", type=float, default=None, required=required,
+                   help="latitude (decimal degrees, -90..90): only species BirdNET's metadata model expects there"
+                        + ("" if required else " (needs --lon)"))
+    p.add_argument("--lon", type=float, default=None, required=required,
+                   help="longitude (decimal degrees, -180..180)")
     p.add_argument("--week", type=int, default=-1,
                    help="week of the year, 1..48 (four a month), or -1 for the whole year (default -1)")
     p.add_argument("--sf-thresh", type=float, default=0.03,
@@ -336,11 +339,7 @@ def _add_classify(sub) -> None:
 
 def _add_species(sub) -> None:
     p = sub.add_parser("species", help="the species BirdNET expects at a place and week (its metadata model)")
-    p.add_argument("--lat", type=float, required=True, help="latitude (decimal degrees, -90..90)")
-    p.add_argument("--lon", type=float, required=True, help="longitude (decimal degrees, -180..180)")
-    p.add_argument("--week", type=int, default=-1, help="week of the year, 1..48, or -1 for the whole year (default)")
-    p.add_argument("--sf-thresh", type=float, default=0.03, help="lowest occurrence score, 0.0001..0.99 (default 0.03)")
-    _alias(p, "--sf_thresh", "sf_thresh", type=float)
+    _add_location(p, required=True)
     p.add_argument("--sortby", default="freq", choices=["freq", "alpha"],
                    help="most likely first (default) or alphabetical")
     p.add_argument("-o", "--output", default=None, metavar="FILE",

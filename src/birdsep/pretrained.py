@@ -124,6 +124,8 @@ def models_table() -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     evals = sorted({m["card"]["eval"] for m in shipped_separators() if m["card"].get("eval")})
     return "\n".join(lines + [""] + [f"MoMi: {e}" for e in evals] + ["--model takes a name above, a model folder or a run directory."])
+
+
 def weights_sha256(folder: str | Path) -> str | None:
     """sha256 of a model folder's weights (what tells two separators apart; recorded in
     separation.json); None if the folder has none. Computed once per weights file and version."""
