@@ -118,6 +118,29 @@ def test_open_the_example_see_tracks_and_detections(page, server):
     shot(page, "3_view")
 
 
+def test_birdnet_location_fields_follow_the_classifier(page, server):
+    """lat/lon/week show next to BirdNET only, go into the address (so into the server's
+    settings) and come back from it."""
+    page.goto("/")
+    page.wait_for_function("() => birdsep.config")
+    assert page.input_value("#classifier") == "birdnet" and page.is_visible("#location")
+    page.fill("#lat", "47.5")
+    page.fill("#lon", "7.6")
+    page.fill("#week", "20")
+    page.dispatch_event("#settings", "change")
+    page.wait_for_function("() => location.hash.includes('week=20')")
+    assert "lat=47.5" in page.url and "lon=7.6" in page.url
+    page.select_option("#classifier", "none")
+    page.dispatch_event("#settings", "change")
+    page.wait_for_function("() => !location.hash.includes('lat=')")
+    assert not page.is_visible("#location")
+    page.goto("/#/?lat=-33.9&lon=151.2&week=40")
+    page.wait_for_function("() => document.querySelector('#lat').value === '-33.9'")
+    assert page.input_value("#lon") == "151.2" and page.input_value("#week") == "40" and page.is_visible("#location")
+    page.wait_for_selector("#library .root[data-root='field']", timeout=30_000)
+    assert page.is_hidden("#error")  # the folder listing took the settings
+
+
 def test_already_processed_opens_at_once_and_a_second_tab_shares_the_job(page, server, browser):
     open_view(page)  # the example, done by the test before: no job, no progress
     assert page.locator("#progress").is_hidden()
