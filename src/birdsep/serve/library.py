@@ -246,12 +246,13 @@ class Library:
         return result
 
     def detections_csv(self, rec: Recording, s: Settings) -> Path | None:
+        from birdsep.detect import is_done
         from birdsep.outputs import paths_of
 
         if s.classifier is None:
             return None
-        paths = paths_of(self.detections_base(rec, s), SERVE_RTYPES)
-        return paths["csv"] if all(p.is_file() for p in paths.values()) else None
+        base = self.detections_base(rec, s)
+        return paths_of(base, ("csv",))["csv"] if is_done(base, SERVE_RTYPES) else None
 
     def listing(self, label: str, s: Settings) -> list[dict]:
         """The recordings under a root (at most MAX_LISTED), with what is on disk for ``s``."""
