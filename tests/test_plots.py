@@ -81,9 +81,15 @@ def test_the_legend_shows_the_levels_in_separation_json(tmp_path, monkeypatch):
     from birdsep.plots import legend_labels
     from birdsep.pretrained import EXAMPLE_RECORDING
 
-    drawn = []
+    drawn, top_freq = [], []
     real = plots.plot_separation
-    monkeypatch.setattr(plots, "plot_separation", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+
+    def spy(mixture, sources, times, freqs, *a, **k):
+        top_freq.append(float(freqs[-1]))
+        drawn.append(real(mixture, sources, times, freqs, *a, **k))
+        return drawn[-1]
+
+    monkeypatch.setattr(plots, "plot_separation", spy)
     assert main(["separate", str(EXAMPLE_RECORDING), "-o", str(tmp_path), "--plot", "-q"]) == 0
     folder = tmp_path / "jura_forest_dawn"
     meta = json.loads((folder / "separation.json").read_text())
@@ -92,6 +98,8 @@ def test_the_legend_shows_the_levels_in_separation_json(tmp_path, monkeypatch):
         assert abs(s["level_db"] - (s["energy_db"] - meta["mixture_energy_db"])) <= 0.011
     assert drawn[0]["legend"] == legend_labels(levels)
     assert sorted(levels)[0] < -25  # quiet birds, well below the mixture
+    # the 22.05 kHz example through the 32 kHz model: the picture stops at the input's own band
+    assert 10_000 < top_freq[0] <= meta["input_sample_rate"] / 2
     (folder / "separation.png").unlink()
     plot_folder(folder)
     assert (folder / "separation.png").is_file() and drawn[1]["legend"] == drawn[0]["legend"]

@@ -212,7 +212,9 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         "high_band_level_db": _level(energy[m], mixture_energy) if keep_high_band else None,
     }
     if spec is not None:
-        power, times, freqs = spec.result()
+        power, times, freqs = spec.result()  # (1 + M, F, N) at the model's rate
+        inside = freqs <= min(sr_in, sr_model) / 2  # an upsampled input holds nothing above its own band
+        power, freqs = power[:, inside], freqs[inside]
         area = plot_separation(power[0], power[1:], times, freqs, folder / "separation.png",
                                title=_picture_title(path.name, m, model_name),
                                levels_db=[s["level_db"] for s in result["sources"]])

@@ -11,8 +11,10 @@ from birdsep.files import CONFIG_NAME, WEIGHTS_NAME, has_weights
 
 #: Where shipped models live: one folder each (weights + config).
 MODELS = Path(__file__).parent / "models"
-#: The separator shipped inside the package (trained with ``birdsep train-separator``; see README).
-DEFAULT_SEPARATOR = MODELS / "separator_small_m4"
+#: The default separator (32 kHz STFT masks, M = 4; trained with ``birdsep train-separator``,
+#: see the README's "The shipped models"); ``separator_stft_m8`` and the earlier
+#: ``separator_small_m4`` (22.05 kHz) ship beside it.
+DEFAULT_SEPARATOR = MODELS / "separator_stft_m4"
 #: A bundled recording (Jura forest at dawn, BSD-3; licence beside it).
 EXAMPLE_RECORDING = Path(__file__).parent / "examples" / "jura_forest_dawn.flac"
 PROBE_START = 2.0  # s into the example (10 s long; several birds singing)
