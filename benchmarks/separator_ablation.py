@@ -235,7 +235,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header(f"Separator variants at {args.budget:g} CPU-minutes each, MoMi on held-out species")
+    header("MoMi of finished models on held-out species" if args.score else
+           f"Separator variants at {args.budget:g} CPU-minutes each, MoMi on held-out species")
     sets = eval_sets(data, out)
     if args.score:
         score_models(args.score, sets, args.json)

@@ -70,6 +70,39 @@ def test_sources_sum_to_input_high_rate_stereo(data_dir, tmp_path):
     np.testing.assert_allclose(total, x22, atol=2e-4)
 
 
+@pytest.mark.parametrize("model", [None, SMALL])
+def test_input_kept_for_the_high_band_stays_bounded(data_dir, tmp_path, monkeypatch, model):
+    """Memory stays flat in the file's length: the copy of the input kept to compute the high
+    band is read as the outputs advance, and no copy is kept when there is no high band (a
+    32 kHz input through the 32 kHz default: the copy once grew with the whole recording)."""
+    import birdsep.pipeline as pipeline
+
+    src = data_dir / "soundscapes" / "annotated" / "Recording_1_Segment_07-first10s.flac"
+    x, sr = audio.load(src)
+    long = tmp_path / "long.flac"
+    sf.write(long, np.tile(x, 9)[: 90 * sr], sr)  # 90 s at 32 kHz
+    tees = []
+
+    class Watched(pipeline._Tee):
+        def __init__(self, chunks):
+            super().__init__(chunks)
+            self.most = 0
+            tees.append(self)
+
+        def __iter__(self):
+            for c in super().__iter__():
+                self.most = max(self.most, self.size)
+                yield c
+
+    monkeypatch.setattr(pipeline, "_Tee", Watched)
+    assert main(["separate", str(long), "-o", str(tmp_path / "o"), "-q"] + (["--model", model] if model else [])) == 0
+    meta = json.loads((tmp_path / "o" / "long" / "separation.json").read_text())
+    if meta["high_band"] is None:
+        assert tees == []
+    else:
+        assert len(tees) == 1 and 0 < tees[0].most <= 40 * sr  # a block and a read-ahead, not 90 s
+
+
 def long_input(data_dir, minutes=3.0):
     """Several minutes of real forest background (Jura soundscapes) with a planted voice: a
     two-note whistle ("fee-bee", 4.0 then 3.4 kHz) four times in 8 s, then 12 s of silence,

@@ -150,8 +150,11 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     with contextlib.ExitStack() as stack:  # all tracks appear under their names together, or none
         tmps = [stack.enter_context(files.atomic(folder / n)) for n in names]
         writers = [stack.enter_context(audio.TrackWriter(t, sr_out, opts.format, opts.bits, expected)) for t in tmps]
-        native = _Tee(audio.blocks(path, block_seconds=10.0))
-        model_rate = _resampled(iter(native), sr_in, sr_model)
+        source = audio.blocks(path, block_seconds=10.0)
+        # the input is kept in step with the outputs only when the high band needs it: a tee that
+        # nobody reads from would hold the whole recording
+        native = _Tee(source) if keep_high_band else None
+        model_rate = _resampled(iter(native) if native is not None else source, sr_in, sr_model)
 
         separated = separate_stream(model, model_rate, sr_model, settings)
 
