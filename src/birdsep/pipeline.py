@@ -136,6 +136,10 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     m = model.config.num_sources
     settings = BlockSettings(opts.block_seconds, opts.overlap, rt.device, rt.precision)
     keep_high_band = sr_out == sr_in and sr_in > sr_model
+    # An input below the model's rate goes up to it and its tracks come back down: the round
+    # trip's small error (filter edges) is shared equally by the tracks, as the model's mixture
+    # consistency shares its own, so that the stored tracks still sum to the input.
+    share_residual = sr_out == sr_in and sr_in < sr_model
 
     folder.mkdir(parents=True, exist_ok=True)
     files.remove_stale_temps(folder)  # left by an interrupted earlier run
@@ -151,9 +155,9 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         tmps = [stack.enter_context(files.atomic(folder / n)) for n in names]
         writers = [stack.enter_context(audio.TrackWriter(t, sr_out, opts.format, opts.bits, expected)) for t in tmps]
         source = audio.blocks(path, block_seconds=10.0)
-        # the input is kept in step with the outputs only when the high band needs it: a tee that
-        # nobody reads from would hold the whole recording
-        native = _Tee(source) if keep_high_band else None
+        # the input is kept in step with the outputs only when it is read back (high band, shared
+        # residual): a tee that nobody reads from would hold the whole recording
+        native = _Tee(source) if keep_high_band or share_residual else None
         model_rate = _resampled(iter(native) if native is not None else source, sr_in, sr_model)
 
         separated = separate_stream(model, model_rate, sr_model, settings)
@@ -168,6 +172,8 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
             chunk = chunk[:, : max(0, expected - written)]
             if chunk.shape[1] == 0:
                 continue
+            if share_residual:
+                chunk = chunk + (native.take(chunk.shape[1]) - chunk.sum(0)) / m
             chunk = np.stack([writers[k].write(chunk[k]) for k in range(m)])  # (M, t) as stored
             energy[:m] += np.einsum("mt,mt->m", chunk, chunk)  # per chunk in float32, summed in float64
             mixture = chunk.sum(0)
@@ -181,8 +187,13 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
                 progress(min(1.0, written / max(expected, 1)))
         if written < expected:  # resampler rounding: pad the last few samples
             pad = np.zeros(expected - written, np.float32)
-            for w in writers[:m]:
-                w.write(pad)
+            if share_residual:  # the tracks share what is left of the input
+                pad = native.take(len(pad)) / m
+            for k, w in enumerate(writers[:m]):
+                stored = w.write(pad)
+                energy[k] += float(np.dot(stored, stored))
+            if share_residual:
+                mixture_energy += float(np.dot(pad * m, pad * m))
             if keep_high_band:  # the sources are silent there: the input is all high band
                 rest = writers[m].write(native.take(len(pad)))
                 energy[m] += float(np.dot(rest, rest))
