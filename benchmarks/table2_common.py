@@ -29,6 +29,9 @@ from birdsep.evaluation import covers
 WINDOW = 5.0
 MIX_BACK = TrackInput(mix_db=-20.0)
 HIGH_BAND = TrackInput(high_band=True)
+#: the mixture 15 dB under each track's own level in the window: a quiet bird's track is not
+#: drowned by the mixture added back (BirdNET normalises each window; see TrackInput)
+MIX_UNDER = TrackInput(mix_db=-15.0, under_track=True)
 
 #: name → rule; "mix only" and "separated only" are the modes; calibrated rules get their
 #: parameters from :func:`fit_calibration` on synthetic training scenes.
@@ -49,6 +52,10 @@ CANDIDATES: list[Rule] = [
     Rule("mix back −20 dB, track weight ⅓", input=MIX_BACK, pool="mean", track_weight=1 / 3),
     Rule("mix back −20 dB, track weight ¼", input=MIX_BACK, pool="mean", track_weight=1 / 4),
     Rule("mix back −20 dB, track weight ⅓, top-3", input=MIX_BACK, pool="mean", track_weight=1 / 3, top_k=3),
+    Rule("mix 15 dB under each track, max", input=MIX_UNDER),
+    Rule("mix 15 dB under each track, mean", input=MIX_UNDER, pool="mean"),
+    Rule("mix 15 dB under each track, track weight ⅓", input=MIX_UNDER, pool="mean", track_weight=1 / 3),
+    Rule("mix 15 dB under each track, track weight ¼", input=MIX_UNDER, pool="mean", track_weight=1 / 4),
 ]
 
 

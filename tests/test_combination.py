@@ -77,6 +77,15 @@ def test_track_inputs_and_levels():
     back = TrackInput(mix_db=-20).apply(tracks, mix)
     assert np.allclose(back - tracks, 0.1 * mix[None], atol=1e-5)
     assert TrackInput(mix_db=-20, high_band=True).name == "tracks + high band + mix -20 dB"
+    quiet = tracks * np.array([[1.0], [0.1], [0.0], [1.0]], np.float32)
+    under = TrackInput(mix_db=-20, under_track=True).apply(quiet, mix)
+    added = under - quiet  # the mixture, 20 dB under each track's own level (nothing on a silent track)
+    for k in range(4):
+        want = 0.1 * np.sqrt(np.mean(quiet[k] ** 2)) / np.sqrt(np.mean(mix ** 2))
+        assert np.allclose(added[k], want * mix, atol=1e-5)
+    assert np.all(added[2] == 0)
+    assert np.all(np.isfinite(TrackInput(mix_db=-20, under_track=True).apply(quiet, 0 * mix)))
+    assert TrackInput(mix_db=-20, under_track=True).name == "tracks + mix -20 dB under each track"
     lv = track_levels(np.stack([tracks, np.zeros_like(tracks)]))  # (2 windows, 4 tracks)
     assert np.allclose((10 ** (lv[0] / 10)).sum(), 1) and np.all(lv[1] == -120)
     quiet = tracks.copy()

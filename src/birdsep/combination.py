@@ -35,27 +35,36 @@ LOGIT_CLIP = 15.0
 class TrackInput:
     """What the classifier hears for a separated track.
 
-    ``mix_db``: the mixture added to every track at this level (dB; None: not added).
+    ``mix_db``: the mixture added to every track at this level (dB; None: not added): relative
+    to the mixture itself, or, with ``under_track``, relative to each track's own level in the
+    window (so that a quiet track is not drowned by the mixture added to it; BirdNET normalises
+    each window, so only this ratio matters to it).
     ``high_band``: the band above the separator's (input − Σ sources) added to every track.
     """
 
     mix_db: float | None = None
     high_band: bool = False
+    under_track: bool = False
 
     @property
     def name(self) -> str:
         parts = ["tracks"] + (["high band"] if self.high_band else [])
         if self.mix_db is not None:
-            parts.append(f"mix {self.mix_db:+g} dB")
+            parts.append(f"mix {self.mix_db:+g} dB" + (" under each track" if self.under_track else ""))
         return " + ".join(parts)
 
     def apply(self, tracks: np.ndarray, mix: np.ndarray) -> np.ndarray:
-        """(M, T) sources and the (T,) mixture, both at the classifier's rate → (M, T) inputs."""
+        """(M, T) sources and the (T,) mixture of one classifier window, both at the
+        classifier's rate → (M, T) inputs."""
         y = tracks
         if self.high_band:
             y = y + (mix - tracks.sum(0))[None]
         if self.mix_db is not None:
-            y = y + (10.0 ** (self.mix_db / 20.0)) * mix[None]
+            gain = np.full((len(tracks), 1), 10.0 ** (self.mix_db / 20.0))  # (M, 1)
+            if self.under_track:
+                rms = lambda a: np.sqrt(np.mean(np.square(a, dtype=np.float64), axis=-1))  # noqa: E731
+                gain *= (rms(y) / max(rms(mix), 1e-12))[:, None]
+            y = y + gain * mix[None]
         return np.asarray(y, dtype=np.float32)
 
 

@@ -214,15 +214,18 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
         t0, t1 = piece[0][0], piece[-1][1]
         x = read(t0, t1)  # (T,) native rate
         x_cls = audio.resample(x, sr_in, sr_cls)
-        rows = [x_cls[None]] if mix else []  # streams to classify, each (R_i, T')
         if inputs:
             src = tracks_for(x, sr_in, t0, t1)  # (M, T'')
             length = min(len(x_cls), src.shape[1])
             src, x_cls = src[:, :length], x_cls[:length]
-            rows = [r[:, :length] for r in rows] + [inp.apply(src, x_cls) for inp in inputs]
-        y = np.concatenate(rows)  # (R, T')
         bounds = [(int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))) for s, e in piece]
-        wins = [sub_windows(y[:, a:b], n_cls) for a, b in bounds]  # per window (R, K, n); K varies
+
+        def streams(a: int, b: int) -> np.ndarray:
+            """What is classified in the window [a, b): the mix, then each input's M tracks. (R, b − a)"""
+            rows = [x_cls[None, a:b]] if mix else []
+            return np.concatenate(rows + [inp.apply(src[:, a:b], x_cls[a:b]) for inp in inputs])
+
+        wins = [sub_windows(streams(a, b), n_cls) for a, b in bounds]  # per window (R, K, n); K varies
         flat = classifier.predict(np.concatenate([w.reshape(-1, n_cls) for w in wins]))  # (Σ R·K, L)
         scores, i = [], 0
         for w in wins:
