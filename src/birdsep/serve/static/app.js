@@ -7,7 +7,7 @@ import { SETTINGS, get, post, query } from "./api.js";
 import { RecordingView, fmtTime } from "./view.js";
 
 const POLL_MS = 400;
-const app = { config: null, view: null, poll: null, route: 0 };
+const app = { config: null, view: null, poll: null, route: 0, ownHash: null };
 window.birdsep = app; // for tests and curious users: the current view, mixer and wavesurfer
 
 const $ = (sel) => document.querySelector(sel);
@@ -59,6 +59,8 @@ $("#settings").addEventListener("change", () => {
   const p = new URLSearchParams(location.hash.split("?")[1] || "");
   const id = p.get("id");
   location.hash = id ? `#/open?${query({ id, ...currentSettings() })}` : `#/?${query(currentSettings())}`;
+  app.ownHash = location.hash; // written from the form: routing it must not refill the form (a field
+  // being typed into meanwhile would lose its text)
 });
 
 // ---------------------------------------------------------------------- routing
@@ -69,7 +71,9 @@ async function route() {
   clearInterval(app.poll);
   if (app.view) { app.view.destroy(); app.view = null; }
   clearError();
-  fillSettings(params);
+  if (location.hash === app.ownHash) locationShown();
+  else fillSettings(params);
+  app.ownHash = null;
   if (path === "/open" && params.get("id")) return openRecording(params.get("id"), token);
   return showHome(token);
 }
