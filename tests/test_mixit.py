@@ -9,29 +9,51 @@ from birdsep.separation.mixit import (active_sources, mixit_loss, momi, neg_snr_
 
 
 def brute_force(refs, srcs, snr_max=30.0):
-    """Loop over every 2^M assignment: the definition of MixIT."""
-    b, m, _ = srcs.shape
+    """Loop over every N^M assignment: the definition of MixIT."""
+    b, n, _ = refs.shape
+    m = srcs.shape[1]
     best = torch.full((b,), float("inf"), dtype=torch.float64)
-    for bits in itertools.product((0, 1), repeat=m):
-        a = torch.tensor(bits, dtype=srcs.dtype)
-        est1 = (a[None, :, None] * srcs).sum(1)
-        est2 = ((1 - a)[None, :, None] * srcs).sum(1)
-        loss = neg_snr_loss(refs[:, 0], est1, snr_max) + neg_snr_loss(refs[:, 1], est2, snr_max)
+    for choice in itertools.product(range(n), repeat=m):
+        loss = 0
+        for r in range(n):
+            a = torch.tensor([c == r for c in choice], dtype=srcs.dtype)
+            loss = loss + neg_snr_loss(refs[:, r], (a[None, :, None] * srcs).sum(1), snr_max)
         best = torch.minimum(best, loss.double())
     return best
 
 
-@pytest.mark.parametrize("m", [2, 4, 8])
-def test_mixit_equals_brute_force(m):
-    g = torch.Generator().manual_seed(m)
-    refs = torch.randn(5, 2, 800, generator=g)
+@pytest.mark.parametrize("n, m", [(2, 2), (2, 4), (2, 8), (3, 4), (4, 4), (3, 5)])
+def test_mixit_equals_brute_force(n, m):
+    g = torch.Generator().manual_seed(10 * n + m)
+    refs = torch.randn(5, n, 800, generator=g)
     # sources loosely related to the references so assignments matter
-    srcs = torch.randn(5, m, 800, generator=g) * 0.5 + refs[:, torch.randint(0, 2, (m,), generator=g)] / m
+    srcs = torch.randn(5, m, 800, generator=g) * 0.5 + refs[:, torch.randint(0, n, (m,), generator=g)] / m
     loss, a = mixit_loss(refs, srcs)
     expected = brute_force(refs, srcs)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-4)
-    assert a.shape == (5, 2, m)
+    assert a.shape == (5, n, m)
     assert torch.all(a.sum(1) == 1), "each source goes to exactly one mixture"
+
+
+def test_as_many_references_as_outputs_forbids_a_split():
+    """With N = M a reference's sound split over two outputs costs loss; with N = 2 it is free."""
+    g = torch.Generator().manual_seed(3)
+    birds = torch.randn(4, 2000, generator=g)  # four "recordings"
+    half = torch.zeros(2000)
+    half[:1000] = 1
+    # outputs: bird 0 split in two (first and second half), birds 1 and 2 whole; bird 3 lost in output 0
+    srcs = torch.stack([birds[0] * half + birds[3], birds[0] * (1 - half), birds[1], birds[2]])[None]
+    two = torch.stack([birds[0] + birds[3], birds[1] + birds[2]])[None]
+    assert mixit_loss(two, srcs)[0].item() == pytest.approx(-60.0, abs=1e-3)  # perfect for 2 references
+    four = birds[None]
+    whole = torch.stack([birds[0], birds[3], birds[1], birds[2]])[None]
+    assert mixit_loss(four, whole)[0].item() == pytest.approx(-120.0, abs=1e-3)
+    assert mixit_loss(four, srcs)[0].item() > -90.0  # the split now costs loss (two references far from 30 dB)
+
+
+def test_too_many_assignments_is_refused():
+    with pytest.raises(ValueError, match="assignments"):
+        mixit_loss(torch.randn(1, 8, 100), torch.randn(1, 8, 100))
 
 
 def test_recovers_planted_assignment():

@@ -82,3 +82,17 @@ def test_mom_stream_is_seeded_per_seed_and_normalised(corpus):
     assert fixed == [True] * 3
     loader = torch.utils.data.DataLoader(D.MoMDataset(sampler, seed=3), batch_size=2)
     assert next(iter(loader)).shape == (2, 2, 8000)  # (B, 2, T): the batches MixIT trains on
+
+
+def test_batches_with_more_references_in_their_share(corpus):
+    index = D.RecordingIndex.build([str(corpus)], progress=False)
+    sampler = D.WindowSampler(index, seconds=1.0, sample_rate=8000)
+    shapes = [D.mom_batch(sampler, 3, k, np.random.default_rng([0, k]), references=4, share=0.5).shape
+              for k in range(40)]
+    fours = sum(s == (3, 4, 8000) for s in shapes)
+    assert fours + sum(s == (3, 2, 8000) for s in shapes) == 40
+    assert 10 <= fours <= 30  # about half
+    plain = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]))
+    assert plain.shape == (3, 2, 8000)
+    # no share: the paper's batches, drawn exactly as before the option existed
+    assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), references=4, share=0.0))

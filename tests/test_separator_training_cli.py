@@ -85,8 +85,9 @@ def test_no_usable_audio_is_a_clear_error(data_dir, tmp_path, capsys):
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
-def test_warm_start_wider_with_sparsity_and_exclude_list(data_dir, tmp_path):
-    """--init-from an M=2 STFT run into M=4 with the sparsity loss; --exclude-from keeps a species out."""
+def test_warm_start_wider_with_sparsity_references_and_exclude_list(data_dir, tmp_path):
+    """--init-from an M=2 STFT run into M=4 with the sparsity loss and 4-reference batches; --exclude-from
+    keeps a species out."""
     train = [data_dir / "xc" / "veery", data_dir / "xc" / "wood_thrush"]
     stft = ["--preset", "stft", "--clip-seconds", "1", "--batch-size", "2", "--workers", "0", "--threads", "2"]
     base = tmp_path / "base"
@@ -96,7 +97,8 @@ def test_warm_start_wider_with_sparsity_and_exclude_list(data_dir, tmp_path):
     excludes.write_text("# keep the veery out\n*/veery/*\n\n")
     wide = tmp_path / "wide"
     r = birdsep("train-separator", *train, "--out", wide, "--steps", "2", "--sources", "4", "--init-from", base,
-                "--sparsity", "0.5", "--exclude-from", excludes, "--checkpoint-every", "1", *stft)
+                "--sparsity", "0.5", "--references", "4", "--references-share", "1", "--exclude-from", excludes,
+                "--checkpoint-every", "1", *stft)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "M=2 → 4" in r.stdout
     config = json.loads((wide / "config.json").read_text())["config"]
@@ -105,3 +107,13 @@ def test_warm_start_wider_with_sparsity_and_exclude_list(data_dir, tmp_path):
     assert files and not any("veery" in key for key in files)
     metrics = next((wide / "logs" / "csv").rglob("metrics.csv")).read_text()
     assert "sparsity" in metrics.splitlines()[0]
+
+
+def test_more_references_than_sources_is_one_line(data_dir, tmp_path):
+    train = data_dir / "xc" / "veery"
+    for extra in (["--references", "5"], ["--references", "1"], ["--references", "3", "--references-share", "0"]):
+        r = birdsep("train-separator", train, "--out", tmp_path / "r", "--steps", "1", "--sources", "4",
+                    "--preset", "stft", *extra)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "--references" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "r").exists()

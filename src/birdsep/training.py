@@ -91,6 +91,8 @@ class SeparatorTrainOptions(TrainOptions):
     exclude: tuple[str, ...] = ()
     snr_max: float = 30.0  # SNRmax of the thresholded SNR, dB (= separation.mixit.DEFAULT_SNR_MAX)
     sparsity: float = 0.0  # weight of the ℓ1/ℓ2 source-level sparsity loss (0: plain MixIT)
+    references: int = 2  # reference mixtures per MoM in some batches (2: the paper's MixIT)
+    references_share: float = 0.5  # share of the batches with `references` mixtures, when it is above 2
     init_from: str | None = None  # warm start: a model folder or run directory (M may differ)
     grad_clip: float = 5.0
 

@@ -183,15 +183,19 @@ def normalise(x: np.ndarray, rng: np.random.Generator, low_db: float = -40.0, hi
     return (x * (10 ** (rng.uniform(low_db, high_db) / 20) / rms)).astype(np.float32)
 
 
-def draw_mom(sampler: WindowSampler, rng: np.random.Generator) -> np.ndarray:
-    """Two reference mixtures (2, T): their sum is the separator's input."""
-    return np.stack([normalise(sampler.draw(rng), rng), normalise(sampler.draw(rng), rng)])
+def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int = 2) -> np.ndarray:
+    """``references`` reference mixtures (N, T), windows of different draws: their sum is the
+    separator's input. The paper's MoM has N = 2; N = M (as many as the separator has outputs)
+    leaves it no output to spare, so nothing one window holds may be split over two outputs."""
+    return np.stack([normalise(sampler.draw(rng), rng) for _ in range(references)])
 
 
-def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator) -> torch.Tensor:
-    """A training batch of ``size`` MoMs (B, 2, T) drawn with ``rng`` (``place``: the batch's
-    number, :mod:`birdsep.batches`)."""
-    return torch.from_numpy(np.stack([draw_mom(sampler, rng) for _ in range(size)]))
+def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator,
+              references: int = 2, share: float = 0.0) -> torch.Tensor:
+    """A training batch of ``size`` MoMs (B, N, T) drawn with ``rng`` (``place``: the batch's
+    number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches."""
+    n = references if share > 0 and rng.random() < share else 2
+    return torch.from_numpy(np.stack([draw_mom(sampler, rng, n) for _ in range(size)]))
 
 
 class MoMDataset(torch.utils.data.IterableDataset):

@@ -1,13 +1,13 @@
 """Mixture invariant training (MixIT) loss and separation metrics.
 
-MixIT (Wisdom et al. 2020): given reference mixtures x (B, 2, T) and estimated sources
-ŝ (B, M, T), find the binary 2×M assignment A (each source to exactly one mixture) that
-minimises Σ_n L(x_n, [Aŝ]_n), with L the negative thresholded SNR.
+MixIT (Wisdom et al. 2020): given reference mixtures x (B, N, T) (the paper: N = 2) and
+estimated sources ŝ (B, M, T), find the binary N×M assignment A (each source to exactly one
+mixture) that minimises Σ_n L(x_n, [Aŝ]_n), with L the negative thresholded SNR.
 
-The minimum over all 2^M assignments is found without a Python loop over assignments and
+The minimum over all N^M assignments is found without a Python loop over assignments and
 without forming the 2^M remixes: every residual energy ‖x_n − Σ_m a_m ŝ_m‖² expands into
 ‖x_n‖² − 2 aᵀc_n + aᵀGa, with G the sources' M×M Gram matrix and c_n their correlations
-with reference n, so all assignments are scored at once from (B, M, M) and (B, 2, M)
+with reference n, so all assignments are scored at once from (B, M, M) and (B, N, M)
 tensors. The chosen assignment's loss is then recomputed directly in the time domain
 (exact, and the gradient flows through it). This is written here because no library does
 it vectorised (asteroid's MixITLossWrapper loops over the assignments).
@@ -23,10 +23,14 @@ DEFAULT_SNR_MAX = 30.0
 EPS = 1e-8
 
 
+MAX_ASSIGNMENTS = 1 << 16  # N^M assignments scored at once (M = 8 sources with N ≤ 4 references)
+
+
 @lru_cache(maxsize=16)
-def _patterns(num_sources: int) -> torch.Tensor:
-    """All 2^M assignments as rows of 0/1: 1 → the source goes to mixture 1. (2^M, M)."""
-    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=num_sources)))
+def _patterns(num_references: int, num_sources: int) -> torch.Tensor:
+    """All N^M assignments as one-hot (K, N, M): [k, n, m] = 1 → source m goes to reference n."""
+    rows = torch.tensor(list(itertools.product(range(num_references), repeat=num_sources)))  # (K, M)
+    return torch.nn.functional.one_hot(rows, num_references).permute(0, 2, 1).double()
 
 
 def neg_snr_loss(reference: torch.Tensor, estimate: torch.Tensor, snr_max: float | None = DEFAULT_SNR_MAX) -> torch.Tensor:
@@ -48,38 +52,40 @@ def _losses_from_energies(ref_pow: torch.Tensor, err_pow: torch.Tensor, snr_max:
 def best_assignment(
     references: torch.Tensor, sources: torch.Tensor, snr_max: float | None = DEFAULT_SNR_MAX
 ) -> torch.Tensor:
-    """The MixIT assignment for each example: references (B, 2, T), sources (B, M, T) → A (B, 2, M) in {0, 1}.
+    """The MixIT assignment for each example: references (B, N, T), sources (B, M, T) → A (B, N, M) in {0, 1},
+    each source given to exactly one reference.
 
-    Scores all 2^M assignments at once through the Gram matrix (no gradient).
+    Scores all N^M assignments at once through the Gram matrix (no gradient).
     """
+    n_refs, n_srcs = references.shape[1], sources.shape[1]
+    if n_refs ** n_srcs > MAX_ASSIGNMENTS:
+        raise ValueError(f"{n_refs} references and {n_srcs} sources make {n_refs ** n_srcs} assignments "
+                         f"(at most {MAX_ASSIGNMENTS})")
     with torch.no_grad():
         refs, srcs = references.double(), sources.double()
-        gram = torch.einsum("bmt,bkt->bmk", srcs, srcs)  # (B, M, M)
-        corr = torch.einsum("bnt,bmt->bnm", refs, srcs)  # (B, 2, M)
-        ref_pow = refs.pow(2).sum(-1)  # (B, 2)
-        p = _patterns(sources.shape[1]).to(srcs)  # (K, M): 1 → mixture 1 (index 0)
-        q = 1.0 - p  # → mixture 2
-        quad_p = torch.einsum("km,bmj,kj->bk", p, gram, p)  # (B, K)
-        quad_q = torch.einsum("km,bmj,kj->bk", q, gram, q)
-        err1 = ref_pow[:, :1] - 2.0 * corr[:, 0] @ p.T + quad_p  # (B, K)
-        err2 = ref_pow[:, 1:] - 2.0 * corr[:, 1] @ q.T + quad_q
-        total = _losses_from_energies(ref_pow[:, :1], err1, snr_max) + _losses_from_energies(ref_pow[:, 1:], err2, snr_max)
-        best = total.argmin(dim=1)  # (B,)
-        a = p[best]  # (B, M)
-        return torch.stack([a, 1.0 - a], dim=1).to(sources.dtype)  # (B, 2, M)
+        gram = torch.einsum("bmt,bjt->bmj", srcs, srcs)  # (B, M, M)
+        corr = torch.einsum("bnt,bmt->bnm", refs, srcs)  # (B, N, M)
+        ref_pow = refs.pow(2).sum(-1)  # (B, N)
+        p = _patterns(n_refs, n_srcs).to(srcs.device)  # (K, N, M)
+        quad = torch.einsum("knm,bmj,knj->bkn", p, gram, p)  # (B, K, N): ‖Σ_m a_nm ŝ_m‖²
+        err = ref_pow[:, None, :] - 2.0 * torch.einsum("bnm,knm->bkn", corr, p) + quad  # (B, K, N)
+        total = _losses_from_energies(ref_pow[:, None, :], err, snr_max).sum(-1)  # (B, K)
+        return p[total.argmin(dim=1)].to(sources.dtype)  # (B, N, M)
 
 
 def mixit_loss(
     references: torch.Tensor, sources: torch.Tensor, snr_max: float | None = DEFAULT_SNR_MAX
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixIT loss. references (B, 2, T), sources (B, M, T) → (loss (B,), assignment (B, 2, M)).
+    """MixIT loss. references (B, N, T), sources (B, M, T) → (loss (B,), assignment (B, N, M)).
 
-    loss_b = min_A Σ_n L(x_n, [Aŝ]_n) summed over the two mixtures; average it for a batch loss.
+    loss_b = min_A Σ_n L(x_n, [Aŝ]_n) summed over the N reference mixtures (the paper: N = 2);
+    average it for a batch loss. With N = M every output must hold one whole reference, so a
+    sound that a reference carries cannot be split over two outputs (see ``draw_mom``).
     """
-    if references.shape[1] != 2:
-        raise ValueError(f"MixIT needs 2 reference mixtures, got {references.shape[1]}")
+    if references.shape[1] < 2:
+        raise ValueError(f"MixIT needs at least 2 reference mixtures, got {references.shape[1]}")
     assignment = best_assignment(references, sources, snr_max)
-    remixed = torch.bmm(assignment, sources)  # (B, 2, T)
+    remixed = torch.bmm(assignment, sources)  # (B, N, T)
     return neg_snr_loss(references, remixed, snr_max).sum(dim=1), assignment
 
 

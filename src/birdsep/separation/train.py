@@ -21,7 +21,7 @@ import torch
 from birdsep import batches, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
-from birdsep.separation.mixit import mixit_loss, sparsity_loss
+from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, sparsity_loss
 from birdsep.separation.model import PRESETS, Separator, SeparatorConfig, preset, save_model, widen_sources
 from birdsep.training import SeparatorTrainOptions
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class MixITModule(pl.LightningModule):
-    """The separator trained with the MixIT loss on batches of MoMs (B, 2, T)."""
+    """The separator trained with the MixIT loss on batches of MoMs (B, N, T)."""
 
     def __init__(self, config: dict, lr: float, snr_max: float, sparsity: float = 0.0):
         super().__init__()
@@ -38,7 +38,7 @@ class MixITModule(pl.LightningModule):
         self.lr, self.snr_max, self.sparsity = lr, snr_max, sparsity
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        references = batch  # (B, 2, T)
+        references = batch  # (B, N, T)
         sources = self.model(references.sum(dim=1))  # (B, M, T)
         loss, _ = mixit_loss(references.float(), sources.float(), self.snr_max)
         loss = loss.mean()
@@ -104,6 +104,12 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
+    if not 2 <= opts.references <= config.num_sources or not 0 < opts.references_share <= 1:
+        raise UsageError(f"--references must be 2 … {config.num_sources} (the number of sources) and "
+                         f"--references-share in (0, 1]")
+    if opts.references ** config.num_sources > MAX_ASSIGNMENTS:
+        raise UsageError(f"--references {opts.references} with {config.num_sources} sources makes "
+                         f"{opts.references ** config.num_sources} MixIT assignments (at most {MAX_ASSIGNMENTS})")
     out.mkdir(parents=True, exist_ok=True)
     index = RecordingIndex.build(data, opts.exclude, cache=out / "data_index.json", progress=opts.progress)
     for line in index.skipped:
@@ -118,7 +124,8 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     })
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
-    loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size), opts.seed,
+    loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
+                                              share=opts.references_share if opts.references > 2 else 0.0), opts.seed,
                             resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
     module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
