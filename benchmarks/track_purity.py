@@ -14,7 +14,13 @@ over the whole file is the song-energy-weighted mean of c_m over its songs; its 
 is its share in its single best track. For a 22.05 kHz model, whatever the model could not
 see (``high_band.wav``: the input minus the sum of the tracks) is one more "track" that can
 hold part of a bird but is never its best one. ``songs on track`` is the share of songs whose
-largest part lies in the bird's best track (1.0: no identity swaps).
+largest part lies in the bird's best track (1.0: no identity swaps). ``song purity`` is the
+song-energy-weighted mean of each song's own largest share: purity as it would be with perfect
+alignment between blocks, so purity well below song purity means identity swaps, and song
+purity below 1 means songs split over tracks (over-separation). Purity alone would reward a
+separator that puts everything in one track: ``own track`` is the share of birds whose best
+track is no other planted bird's best track in the same scene (1.0: every bird has a track of
+its own).
 
 Goal (issue 11): mean purity ≥ 0.9 and no bird below 0.8.
 
@@ -169,6 +175,7 @@ def purity(scene: Scene, tracks: np.ndarray) -> list[dict]:
     share = np.zeros((n_birds, tracks.shape[0]))
     weight = np.zeros(n_birds)
     song_best: list[list[int]] = [[] for _ in range(n_birds)]
+    song_top = np.zeros(n_birds)  # Σ energy × the song's largest share
     for song in scene.songs:
         s = song.signal
         seg = tracks[:, song.start:song.start + len(s)].astype(np.float64)  # (K, n)
@@ -178,12 +185,14 @@ def purity(scene: Scene, tracks: np.ndarray) -> list[dict]:
         share[song.bird] += energy * c
         weight[song.bird] += energy
         song_best[song.bird].append(int(np.argmax(c)))
+        song_top[song.bird] += energy * float(c.max())
+    best = [int(np.argmax(share[b])) for b in range(n_birds)]
     rows = []
     for b in range(n_birds):
         sh = share[b] / weight[b]
-        best = int(np.argmax(sh))
-        rows.append({"species": scene.birds[b], "purity": float(sh[best]), "track": best,
-                     "songs": len(song_best[b]), "on_track": float(np.mean(np.asarray(song_best[b]) == best))})
+        rows.append({"species": scene.birds[b], "purity": float(sh[best[b]]), "track": best[b],
+                     "songs": len(song_best[b]), "on_track": float(np.mean(np.asarray(song_best[b]) == best[b])),
+                     "song_purity": float(song_top[b] / weight[b]), "own_track": float(best.count(best[b]) == 1)})
     return rows
 
 
@@ -274,11 +283,14 @@ def main() -> None:
                 detail.append({"model": Path(model).name if model else "shipped", "scene": i, **{
                     k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}})
         p = np.array([r["purity"] for r in rows])
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("on_track", "song_purity", "own_track")}
         found[model or "shipped default"] = {"mean": float(p.mean()), "min": float(p.min()), "birds": len(rows),
-                                             "songs_on_track": float(np.mean([r["on_track"] for r in rows]))}
+                                             "songs_on_track": mean["on_track"], "song_purity": mean["song_purity"],
+                                             "own_track": mean["own_track"]}
         summary.append({"model": model or "shipped default", "birds": len(rows), "mean purity": f"{p.mean():.3f}",
                         "min purity": f"{p.min():.3f}", "birds ≥ 0.8": f"{(p >= 0.8).mean():.2f}",
-                        "songs on track": f"{np.mean([r['on_track'] for r in rows]):.3f}"})
+                        "songs on track": f"{mean['on_track']:.3f}", "song purity": f"{mean['song_purity']:.3f}",
+                        "own track": f"{mean['own_track']:.2f}"})
         if scored:
             for kind in ("mix", "track", "track+high"):
                 vals = [r[kind] for r in scored if kind in r]

@@ -1,0 +1,45 @@
+"""benchmarks/track_purity.py's measures on hand-built tracks with known answers."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import track_purity as TP  # noqa: E402
+
+
+def _scene(songs):
+    rng = np.random.default_rng(0)
+    planted = [TP.Song(bird, start, rng.standard_normal(1000)) for bird, start in songs]
+    return TP.Scene(np.zeros(10000, np.float32), planted, ["a", "b"])
+
+
+def _tracks(scene, where):
+    """where[i] = {track: share} for song i → (3, T) tracks holding those shares of each song."""
+    tracks = np.zeros((3, 10000))
+    for song, parts in zip(scene.songs, where):
+        for track, share in parts.items():
+            tracks[track, song.start:song.start + 1000] += share * song.signal
+    return tracks
+
+
+def test_a_split_song_lowers_purity_and_song_purity_alike():
+    scene = _scene([(0, 0), (0, 2000), (1, 4000)])
+    rows = TP.purity(scene, _tracks(scene, [{0: 0.6, 1: 0.4}, {0: 0.6, 1: 0.4}, {1: 1.0}]))
+    assert rows[0]["purity"] == pytest.approx(0.6) and rows[0]["song_purity"] == pytest.approx(0.6)
+    assert rows[0]["track"] == 0 and rows[0]["on_track"] == 1.0
+    assert rows[1]["purity"] == pytest.approx(1.0) and rows[1]["track"] == 1
+    assert rows[0]["own_track"] == rows[1]["own_track"] == 1.0
+
+
+def test_swapped_songs_keep_song_purity_and_sharing_a_track_is_counted():
+    scene = _scene([(0, 0), (0, 2000), (1, 4000)])
+    rows = TP.purity(scene, _tracks(scene, [{0: 1.0}, {2: 1.0}, {0: 1.0}]))
+    energies = [float(s.signal @ s.signal) for s in scene.songs[:2]]
+    assert rows[0]["purity"] == pytest.approx(max(energies) / sum(energies))  # the louder song's track wins
+    assert rows[0]["song_purity"] == pytest.approx(1.0) and rows[0]["on_track"] == 0.5
+    if rows[0]["track"] == 0:  # both birds' best track is track 0: neither has one of its own
+        assert rows[0]["own_track"] == rows[1]["own_track"] == 0.0
+    else:
+        assert rows[0]["own_track"] == rows[1]["own_track"] == 1.0
