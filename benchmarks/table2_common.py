@@ -76,9 +76,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--threads", type=int, default=1)
 
 
-def start(a, data: Path, title: str):
-    """Check the data, print the header, load BirdNET and the separator: (detector, score cache,
-    candidate rules)."""
+def start(a, data: Path, title: str | None):
+    """Check the data, print the header (unless ``title`` is None), load BirdNET and the
+    separator: (detector, score cache, candidate rules)."""
     import sys
     import time
 
@@ -91,7 +91,8 @@ def start(a, data: Path, title: str):
     from common import header
 
     torch.set_num_threads(a.threads)
-    header(title)
+    if title is not None:
+        header(title)
     det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", model=a.model, threads=a.threads))
     folder = resolve(a.model)
     digest = weights_digest(folder)
