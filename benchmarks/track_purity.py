@@ -20,7 +20,8 @@ alignment between blocks, so purity well below song purity means identity swaps,
 purity below 1 means songs split over tracks (over-separation). Purity alone would reward a
 separator that puts everything in one track: ``own track`` is the share of birds whose best
 track is no other planted bird's best track in the same scene (1.0: every bird has a track of
-its own).
+its own). ``in background`` is the share of birds whose best track is the background's (the
+track holding most of the energy between songs): a bird kept with the recorder's noise.
 
 Goal (issue 11): mean purity ≥ 0.9 and no bird below 0.8.
 
@@ -187,12 +188,18 @@ def purity(scene: Scene, tracks: np.ndarray) -> list[dict]:
         song_best[song.bird].append(int(np.argmax(c)))
         song_top[song.bird] += energy * float(c.max())
     best = [int(np.argmax(share[b])) for b in range(n_birds)]
+    quiet = np.ones(tracks.shape[1], bool)  # samples where no planted song sounds
+    for song in scene.songs:
+        quiet[song.start:song.start + len(song.signal)] = False
+    background = int(np.argmax(np.einsum("kt,kt->k", tracks[:, quiet].astype(np.float64),
+                                         tracks[:, quiet].astype(np.float64))))
     rows = []
     for b in range(n_birds):
         sh = share[b] / weight[b]
         rows.append({"species": scene.birds[b], "purity": float(sh[best[b]]), "track": best[b],
                      "songs": len(song_best[b]), "on_track": float(np.mean(np.asarray(song_best[b]) == best[b])),
-                     "song_purity": float(song_top[b] / weight[b]), "own_track": float(best.count(best[b]) == 1)})
+                     "song_purity": float(song_top[b] / weight[b]), "own_track": float(best.count(best[b]) == 1),
+                     "in_background": float(best[b] == background)})
     return rows
 
 
@@ -283,14 +290,14 @@ def main() -> None:
                 detail.append({"model": Path(model).name if model else "shipped", "scene": i, **{
                     k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}})
         p = np.array([r["purity"] for r in rows])
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("on_track", "song_purity", "own_track")}
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("on_track", "song_purity", "own_track", "in_background")}
         found[model or "shipped default"] = {"mean": float(p.mean()), "min": float(p.min()), "birds": len(rows),
                                              "songs_on_track": mean["on_track"], "song_purity": mean["song_purity"],
-                                             "own_track": mean["own_track"]}
+                                             "own_track": mean["own_track"], "in_background": mean["in_background"]}
         summary.append({"model": model or "shipped default", "birds": len(rows), "mean purity": f"{p.mean():.3f}",
                         "min purity": f"{p.min():.3f}", "birds ≥ 0.8": f"{(p >= 0.8).mean():.2f}",
                         "songs on track": f"{mean['on_track']:.3f}", "song purity": f"{mean['song_purity']:.3f}",
-                        "own track": f"{mean['own_track']:.2f}"})
+                        "own track": f"{mean['own_track']:.2f}", "in background": f"{mean['in_background']:.2f}"})
         if scored:
             for kind in ("mix", "track", "track+high"):
                 vals = [r[kind] for r in scored if kind in r]

@@ -33,6 +33,15 @@ def test_a_split_song_lowers_purity_and_song_purity_alike():
     assert rows[0]["own_track"] == rows[1]["own_track"] == 1.0
 
 
+def test_a_bird_in_the_background_track_is_counted():
+    scene = _scene([(0, 0), (1, 4000)])
+    tracks = _tracks(scene, [{2: 1.0}, {1: 1.0}])
+    tracks[2, 6000:] += 0.5  # the recorder's noise between songs, in track 2
+    rows = TP.purity(scene, tracks)
+    assert rows[0]["track"] == 2 and rows[0]["in_background"] == 1.0
+    assert rows[1]["in_background"] == 0.0
+
+
 def test_swapped_songs_keep_song_purity_and_sharing_a_track_is_counted():
     scene = _scene([(0, 0), (0, 2000), (1, 4000)])
     rows = TP.purity(scene, _tracks(scene, [{0: 1.0}, {2: 1.0}, {0: 1.0}]))
