@@ -145,8 +145,8 @@ def _add_train_separator(sub) -> None:
                    help="weight of a loss that keeps one sound in one output (ℓ1/ℓ2 of source levels; default 0)")
     p.add_argument("--references", type=int, default=2, metavar="N",
                    help="reference mixtures summed into some training inputs (default 2, the paper's MixIT); "
-                        "N = the number of sources leaves no output to spare, so a bird's song is not split "
-                        "over two outputs")
+                        "with N = the number of sources no output is spare, so splitting what one window holds "
+                        "over two outputs costs loss")
     p.add_argument("--references-share", type=float, default=0.5, metavar="P",
                    help="share of the batches that have N references when N > 2 (default 0.5; the rest have 2)")
     p.add_argument("--init-from", default=None, metavar="MODEL",
