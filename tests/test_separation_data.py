@@ -96,3 +96,34 @@ def test_batches_with_more_references_in_their_share(corpus):
     assert plain.shape == (3, 2, 8000)
     # no share: the paper's batches, drawn exactly as before the option existed
     assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), references=4, share=0.0))
+
+
+def test_floor_noise_keeps_the_floor_and_drops_the_song():
+    """Known answer: hiss + a loud 0.3 s tone → noise with the hiss's spectrum and no tone, stationary."""
+    rng = np.random.default_rng(0)
+    t = np.arange(4 * 8000) / 8000
+    hiss = 0.01 * rng.standard_normal(len(t))
+    x = (hiss + np.sin(2 * np.pi * 1000 * t) * (np.abs(t - 2) < 0.15)).astype(np.float32)
+    y = D.floor_noise(x, rng, n_fft=256)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    spectrum = np.abs(np.fft.rfft(y)) ** 2
+    freqs = np.fft.rfftfreq(len(y), 1 / 8000)
+    tone = spectrum[np.abs(freqs - 1000) < 30].mean()
+    assert tone < 3 * np.median(spectrum)  # the song is not in the floor (in x it is ~1000× the hiss)
+    frames = y[: len(y) // 800 * 800].reshape(-1, 800)
+    rms = np.sqrt((frames[2:-2] ** 2).mean(axis=1))
+    assert rms.max() < 1.5 * rms.min()  # stationary
+    assert not D.floor_noise(np.zeros(8000, np.float32), rng, n_fft=256).any()  # silence stays silence
+
+
+def test_noise_share_replaces_the_last_reference_with_stationary_noise(corpus):
+    index = D.RecordingIndex.build([str(corpus)], progress=False)
+    sampler = D.WindowSampler(index, seconds=1.0, sample_rate=8000)
+    plain = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]))
+    noisy = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), noise_share=1.0)
+    assert noisy.shape == plain.shape == (3, 2, 8000)
+    assert torch.equal(noisy[0, 0], plain[0, 0])  # the first reference is drawn as before
+    assert not torch.equal(noisy[0, 1], plain[0, 1])
+    level = 20 * torch.log10(noisy[:, 1].pow(2).mean(dim=-1).sqrt())
+    assert ((level > -40.5) & (level < -14.5)).all()  # normalised like any reference
+    assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), noise_share=0.0))

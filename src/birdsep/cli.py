@@ -149,6 +149,9 @@ def _add_train_separator(sub) -> None:
                         "over two outputs costs loss")
     p.add_argument("--references-share", type=float, default=0.5, metavar="P",
                    help="share of the batches that have N references when N > 2 (default 0.5; the rest have 2)")
+    p.add_argument("--noise-share", type=float, default=0.0, metavar="P",
+                   help="share of the mixtures whose last reference is stationary noise shaped like a window's "
+                        "noise floor (default 0): MixIT then wants birds apart from the noise in their band")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start from a model folder or run directory (its design; --sources may add outputs)")
 

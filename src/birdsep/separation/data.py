@@ -183,19 +183,41 @@ def normalise(x: np.ndarray, rng: np.random.Generator, low_db: float = -40.0, hi
     return (x * (10 ** (rng.uniform(low_db, high_db) / 20) / rms)).astype(np.float32)
 
 
-def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int = 2) -> np.ndarray:
+def floor_noise(x: np.ndarray, rng: np.random.Generator, percentile: float = 20.0, n_fft: int = 1024) -> np.ndarray:
+    """Stationary noise (T,) with the spectrum of ``x``'s floor: in each frequency bin the
+    ``percentile`` of the window's STFT magnitudes (what is there most of the time: the
+    recorder's hiss, insects, wind), given random phases. Bird songs, being brief, are above
+    the floor and left out. Empty for a silent ``x``."""
+    from scipy.signal import istft, stft
+
+    t = len(x)
+    _, _, z = stft(x.astype(np.float64), nperseg=n_fft, noverlap=3 * n_fft // 4)  # (F, frames)
+    floor = np.percentile(np.abs(z), percentile, axis=1, keepdims=True)  # (F, 1)
+    phases = np.exp(2j * np.pi * rng.random(z.shape))
+    _, y = istft(floor * phases, nperseg=n_fft, noverlap=3 * n_fft // 4)
+    return np.pad(y, (0, max(0, t - len(y))))[:t].astype(np.float32)
+
+
+def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int = 2,
+             noise_share: float = 0.0) -> np.ndarray:
     """``references`` reference mixtures (N, T), windows of different draws: their sum is the
     separator's input. The paper's MoM has N = 2; N = M (as many as the separator has outputs)
-    leaves it no output to spare, so nothing one window holds may be split over two outputs."""
-    return np.stack([normalise(sampler.draw(rng), rng) for _ in range(references)])
+    leaves it no output to spare, so nothing one window holds may be split over two outputs.
+    With probability ``noise_share`` the last reference is :func:`floor_noise` of another draw:
+    MixIT then asks for the noise on outputs of its own, apart from any bird sound in its band."""
+    windows = [normalise(sampler.draw(rng), rng) for _ in range(references)]
+    if noise_share > 0 and rng.random() < noise_share:
+        windows[-1] = normalise(floor_noise(windows[-1], rng), rng)
+    return np.stack(windows)
 
 
 def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator,
-              references: int = 2, share: float = 0.0) -> torch.Tensor:
+              references: int = 2, share: float = 0.0, noise_share: float = 0.0) -> torch.Tensor:
     """A training batch of ``size`` MoMs (B, N, T) drawn with ``rng`` (``place``: the batch's
-    number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches."""
+    number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches;
+    ``noise_share``: see :func:`draw_mom`."""
     n = references if share > 0 and rng.random() < share else 2
-    return torch.from_numpy(np.stack([draw_mom(sampler, rng, n) for _ in range(size)]))
+    return torch.from_numpy(np.stack([draw_mom(sampler, rng, n, noise_share) for _ in range(size)]))
 
 
 class MoMDataset(torch.utils.data.IterableDataset):

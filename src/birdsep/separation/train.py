@@ -107,6 +107,8 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     if not 2 <= opts.references <= config.num_sources or not 0 < opts.references_share <= 1:
         raise UsageError(f"--references must be 2 … {config.num_sources} (the number of sources) and "
                          f"--references-share in (0, 1]")
+    if not 0 <= opts.noise_share <= 1:
+        raise UsageError(f"--noise-share must be in [0, 1], not {opts.noise_share:g}")
     if opts.references ** config.num_sources > MAX_ASSIGNMENTS:
         raise UsageError(f"--references {opts.references} with {config.num_sources} sources makes "
                          f"{opts.references ** config.num_sources} MixIT assignments (at most {MAX_ASSIGNMENTS})")
@@ -125,7 +127,8 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
     loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
-                                              share=opts.references_share if opts.references > 2 else 0.0), opts.seed,
+                                              share=opts.references_share if opts.references > 2 else 0.0,
+                                              noise_share=opts.noise_share), opts.seed,
                             resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
     module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
