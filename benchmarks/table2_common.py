@@ -32,6 +32,9 @@ HIGH_BAND = TrackInput(high_band=True)
 #: the mixture 15 dB under each track's own level in the window: a quiet bird's track is not
 #: drowned by the mixture added back (BirdNET normalises each window; see TrackInput)
 MIX_UNDER = TrackInput(mix_db=-15.0, under_track=True)
+#: the mixture with one track taken out, for each track (measured once: docs/classify.md; not a
+#: candidate here, as its four more classifier passes per window would take the real benchmark past 30 min)
+COMPLEMENT = TrackInput(complement=True)
 
 #: name → rule; "mix only" and "separated only" are the modes; calibrated rules get their
 #: parameters from :func:`fit_calibration` on synthetic training scenes.
@@ -56,6 +59,13 @@ CANDIDATES: list[Rule] = [
     Rule("mix 15 dB under each track, mean", input=MIX_UNDER, pool="mean"),
     Rule("mix 15 dB under each track, track weight ⅓", input=MIX_UNDER, pool="mean", track_weight=1 / 3),
     Rule("mix 15 dB under each track, track weight ¼", input=MIX_UNDER, pool="mean", track_weight=1 / 4),
+    Rule("mix without its loudest track, weight ¼", input=MIX_UNDER, pool="mean", track_weight=0.0, denoised=1 / 4),
+    Rule("mix 15 dB under each track ¼ + mix without its loudest track ⅙", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 4, denoised=1 / 6),
+    Rule("mix 15 dB under each track ¼ + mix without its loudest track ¼", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 4, denoised=1 / 4),
+    Rule("mix back −20 dB ¼ + mix without its loudest track ⅙", input=MIX_BACK, pool="mean",
+         track_weight=1 / 4, denoised=1 / 6),
 ]
 
 
@@ -323,8 +333,9 @@ def with_calibration(rules: list[Rule], ab: tuple[float, float]) -> list[Rule]:
 def inputs_of(rules: list[Rule | str]) -> tuple[TrackInput, ...]:
     seen = [RAW]
     for r in rules:
-        if isinstance(r, Rule) and r.input not in seen:
-            seen.append(r.input)
+        for inp in r.inputs if isinstance(r, Rule) else ():
+            if inp not in seen:
+                seen.append(inp)
     return tuple(seen)
 
 

@@ -56,9 +56,11 @@ def test_classify_scores_the_mix_and_the_tracks(tiny):
     assert res.mix.shape == (3, 2) and res.separated.shape == (3, m, 2)
     from birdsep.combination import DEFAULT, logit, sigmoid
 
-    w = DEFAULT.track_weight  # the default rule: a weighted mean of the mix's and the best track's logits
-    np.testing.assert_allclose(res.scores, sigmoid((1 - w) * logit(res.mix) + w * logit(res.separated).max(1)),
-                               rtol=1e-5)
+    # the default rule: a weighted mean of the mix's, the best track's and the denoised mix's logits
+    w, wd = DEFAULT.track_weight, DEFAULT.denoised
+    assert res.denoised.shape == (3, 2)
+    want = (1 - w - wd) * logit(res.mix) + w * logit(res.separated).max(1) + wd * logit(res.denoised)
+    np.testing.assert_allclose(res.scores, sigmoid(want), rtol=1e-5)
     assert res.channel.min() >= 0 and res.channel.max() <= m
     assert res.mix[:, 0].min() > 0.5  # the 3 kHz tone dominates the mix
     rows = res.rows(min_conf=0.0)

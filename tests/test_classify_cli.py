@@ -8,7 +8,7 @@ import pytest
 
 from birdsep import audio, metrics
 from birdsep.cli import main
-from birdsep.combination import PAPER, RAW
+from birdsep.combination import DENOISED, PAPER, RAW
 from birdsep.detect import ClassifyOptions, Detector, FileScores, combine, species_mask, sub_windows, window_spans
 from birdsep.errors import UsageError
 from birdsep.evaluation import evaluate
@@ -152,8 +152,9 @@ def test_birdnet_hears_the_robin_in_every_mode(data_dir, tmp_path):
     clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")
     det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", threads=1))
     assert len(det.classifier.labels) == 6522 and det.classifier.window_seconds == 3.0
-    fs = det.scores(clip, inputs=(RAW,))
+    fs = det.scores(clip, inputs=(RAW, DENOISED))
     sep = fs.tracks[RAW]
+    assert fs.tracks[DENOISED].shape == (2, 1, 6522)  # one input per window: the mix without its loudest track
     assert fs.mix.shape == (2, 6522) and sep.shape == (2, 4, 6522) and fs.levels.shape == (2, 4)
     assert np.all(fs.levels <= 0) and np.allclose((10 ** (fs.levels / 10)).sum(1), 1, atol=1e-3)
     j = det.classifier.labels.index(ROBIN_LABEL)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from birdsep.combination import DEFAULT, PAPER, RULES, Rule, TrackInput, combine, logit, sigmoid, track_levels
+from birdsep.combination import (DEFAULT, DENOISED, PAPER, RULES, Rule, TrackInput, combine, logit, sigmoid,
+                                 track_levels)
 
 # one window (N = 1), M = 3 tracks, L = 3 species
 MIX = np.array([[0.30, 0.60, 0.05]])
@@ -86,6 +87,16 @@ def test_track_inputs_and_levels():
     assert np.all(added[2] == 0)
     assert np.all(np.isfinite(TrackInput(mix_db=-20, under_track=True).apply(quiet, 0 * mix)))
     assert TrackInput(mix_db=-20, under_track=True).name == "tracks + mix -20 dB under each track"
+    rest = TrackInput(complement=True).apply(tracks, mix)  # the mix with one track taken out, per track
+    assert rest.shape == tracks.shape and rest.dtype == np.float32
+    for k in range(4):
+        others = tracks[[j for j in range(4) if j != k]].sum(0) + (mix - tracks.sum(0))  # high band included
+        assert np.allclose(rest[k], others, atol=1e-4)
+    assert TrackInput(complement=True).name == "mix minus each track"
+    loud = tracks * np.array([[0.1], [3.0], [1.0], [0.5]], np.float32)  # track 2 (index 1) is the loudest
+    one = DENOISED.apply(loud, mix)
+    assert one.shape == (1, 1000) and np.allclose(one[0], mix - loud[1], atol=1e-5)
+    assert DENOISED.rows(4) == 1 and TrackInput().rows(4) == 4
     lv = track_levels(np.stack([tracks, np.zeros_like(tracks)]))  # (2 windows, 4 tracks)
     assert np.allclose((10 ** (lv[0] / 10)).sum(), 1) and np.all(lv[1] == -120)
     quiet = tracks.copy()
@@ -97,3 +108,24 @@ def test_rule_names_and_validation():
     assert RULES["max"] is PAPER and RULES["default"] is DEFAULT
     with pytest.raises(ValueError):
         Rule("x", pool="median")
+    for bad in (dict(denoised=0.3), dict(pool="mean", track_weight=0.8, denoised=0.3)):  # max, or weights > 1
+        with pytest.raises(ValueError):
+            Rule("x", **bad)
+    assert Rule("x").inputs == (Rule("x").input,)
+    assert Rule("x", pool="mean", denoised=0.25).inputs == (Rule("x").input, DENOISED)
+
+
+def test_mean_with_the_mix_without_its_loudest_track():
+    """Known answer: ½ the mix's logit, ¼ the best track's, ¼ the denoised mix's; the mix's share
+    takes the track's where no track counts."""
+    den = np.array([[0.70, 0.20, 0.05]])
+    rule = Rule("d", pool="mean", track_weight=0.25, denoised=0.25)
+    s, c = combine(rule, "mix+separated", MIX, TRACKS, LEVELS, den)
+    want = 0.5 * logit(MIX) + 0.25 * logit(TRACKS).max(1) + 0.25 * logit(den)
+    assert s == pytest.approx(sigmoid(want), abs=1e-6) and c.tolist() == [[1, 2, 3]]
+    s, c = combine(Rule("d", pool="mean", track_weight=0.25, denoised=0.25, min_level_db=1), "mix+separated",
+                   MIX, TRACKS, LEVELS, den)
+    assert s == pytest.approx(sigmoid(0.75 * logit(MIX) + 0.25 * logit(den)), abs=1e-6) and not c.any()
+    with pytest.raises(ValueError, match="needs the scores"):
+        combine(rule, "mix+separated", MIX, TRACKS, LEVELS)
+    assert combine(rule, "mix", MIX, None, None)[0] == pytest.approx(MIX)  # the mode mix needs no tracks

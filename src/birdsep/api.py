@@ -60,6 +60,7 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     ``channel`` (N, L) for ``mode``, and ``rows()`` / ``to_pandas()`` as a table.
     """
     from birdsep.backends import load_classifier
+    from birdsep.combination import DENOISED
     from birdsep.detect import MODES, Classification, combine, rule_for, score_array, separating
 
     if mode not in MODES:
@@ -71,10 +72,11 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     rule = rule_for(mode)
     tracks_for = separating(sep, backend.sample_rate, rt) if sep is not None else None
     fs = score_array(x, sample_rate, backend, tracks_for, window=window, overlap=overlap / window,
-                     mix=mode != "separated", inputs=(rule.input,))
+                     mix=mode != "separated", inputs=rule.inputs)
     scores, channel = combine(mode, fs, rule)
     return Classification(list(backend.labels), np.asarray(fs.spans, np.float64).reshape(-1, 2), fs.mix,
-                          fs.tracks.get(rule.input), scores, channel, mode)
+                          fs.tracks.get(rule.input), scores, channel, mode,
+                          fs.tracks[DENOISED][:, 0] if DENOISED in fs.tracks else None)
 
 
 def _mono(waveform, layout: str) -> np.ndarray:

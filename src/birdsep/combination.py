@@ -15,9 +15,9 @@ Two things are chosen, together called a :class:`Rule`:
   ``mean`` (the mean of the mix's logit and the best track's).
 
 The candidates measured side by side, and why :data:`DEFAULT` is the default, are in
-``docs/classify.md`` (``benchmarks/table2_real.py``): :data:`DEFAULT` adds the mixture back into
-every track at −20 dB and takes a weighted mean of logits, ⅔ the mix's and ⅓ the best
-track's. Scores are probabilities in [0, 1]; logits are clipped at ±15 (as the BirdNET backend
+``docs/classify.md`` (``benchmarks/table2_real.py``): :data:`DEFAULT` adds the mixture into
+every track 15 dB under the track's level and takes a weighted mean of logits: 7/12 the mix's,
+¼ the best track's and ⅙ the mixture's without its loudest track. Scores are probabilities in [0, 1]; logits are clipped at ±15 (as the BirdNET backend
 clips its own).
 """
 from __future__ import annotations
@@ -40,14 +40,25 @@ class TrackInput:
     window (so that a quiet track is not drowned by the mixture added to it; BirdNET normalises
     each window, so only this ratio matters to it).
     ``high_band``: the band above the separator's (input − Σ sources) added to every track.
+    ``complement``: instead of each track, the mixture with that track taken out (input − track m:
+    the recording without its recorder noise, or without a louder bird; a bird split over two
+    tracks stays whole in the others' complements). Full band by construction.
+    ``denoise``: one input instead of M: the mixture without its loudest track in the window
+    (most often the recorder's noise, else a dominant bird that masks quieter ones).
     """
 
     mix_db: float | None = None
     high_band: bool = False
     under_track: bool = False
+    complement: bool = False
+    denoise: bool = False
 
     @property
     def name(self) -> str:
+        if self.denoise:
+            return "mix without its loudest track"
+        if self.complement:
+            return "mix minus each track"
         parts = ["tracks"] + (["high band"] if self.high_band else [])
         if self.mix_db is not None:
             parts.append(f"mix {self.mix_db:+g} dB" + (" under each track" if self.under_track else ""))
@@ -55,7 +66,12 @@ class TrackInput:
 
     def apply(self, tracks: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """(M, T) sources and the (T,) mixture of one classifier window, both at the
-        classifier's rate → (M, T) inputs."""
+        classifier's rate → (M, T) inputs ((1, T) with ``denoise``)."""
+        if self.denoise:
+            energy = np.einsum("mt,mt->m", tracks.astype(np.float64), tracks.astype(np.float64))
+            return np.asarray(mix - tracks[int(np.argmax(energy))], dtype=np.float32)[None]
+        if self.complement:
+            return np.asarray(mix[None] - tracks, dtype=np.float32)
         y = tracks
         if self.high_band:
             y = y + (mix - tracks.sum(0))[None]
@@ -68,7 +84,14 @@ class TrackInput:
         return np.asarray(y, dtype=np.float32)
 
 
+    def rows(self, sources: int) -> int:
+        """How many inputs :meth:`apply` makes from ``sources`` tracks."""
+        return 1 if self.denoise else sources
+
+
 RAW = TrackInput()
+#: the mixture without its loudest track (``Rule.denoised``)
+DENOISED = TrackInput(denoise=True)
 
 
 @dataclass(frozen=True)
@@ -82,7 +105,9 @@ class Rule:
     logit ℓ becomes a·ℓ + b before pooling. ``align``: a quantile q; each track's logits are
     shifted, window by window, so that their q-quantile over all labels equals the mix's (what
     separation artefacts add to every species is taken off). ``pool``: ``max`` or ``mean`` (see
-    the module); ``track_weight``: the best track's weight in ``mean`` (½: the plain mean).
+    the module); ``track_weight``: the best track's weight in ``mean`` (½: the plain mean);
+    ``denoised``: in ``mean``, the weight of a third term, the score of the mixture without its
+    loudest track (:data:`DENOISED`), taken from the mix's weight.
     """
 
     name: str
@@ -95,18 +120,28 @@ class Rule:
     align: float | None = None
     pool: str = "max"
     track_weight: float = 0.5
+    denoised: float = 0.0
 
     def __post_init__(self):
         if self.pool not in ("max", "mean"):
             raise ValueError(f"pool must be 'max' or 'mean', not {self.pool!r}")
+        if self.denoised and (self.pool != "mean" or self.track_weight + self.denoised > 1):
+            raise ValueError("denoised needs pool 'mean' and track_weight + denoised ≤ 1")
+
+    @property
+    def inputs(self) -> tuple[TrackInput, ...]:
+        """What the classifier must hear for this rule: the tracks' input (and :data:`DENOISED`)."""
+        return (self.input, DENOISED) if self.denoised else (self.input,)
 
 
 #: The paper's rule: the maximum over the mix and every separated track, as they come.
 PAPER = Rule("max (paper)")
 #: What ``--mode mix+separated`` does by default (chosen in docs/classify.md): every track is heard
-#: with the mixture added back at −20 dB, and a species' logit is ⅔ the mix's plus ⅓ the best
-#: track's (the mix's alone where no track counts).
-DEFAULT = Rule("mix back −20 dB, track weight ⅓", input=TrackInput(mix_db=-20.0), pool="mean", track_weight=1 / 3)
+#: with the mixture added 15 dB under the track's own level, and a species' logit is 7/12 the
+#: mix's, ¼ the best track's (the mix's instead where no track counts) and ⅙ that of the mixture
+#: without its loudest track.
+DEFAULT = Rule("mix 15 dB under each track ¼ + mix without its loudest track ⅙",
+               input=TrackInput(mix_db=-15.0, under_track=True), pool="mean", track_weight=1 / 4, denoised=1 / 6)
 #: ``--combine`` names.
 RULES = {"default": DEFAULT, "max": PAPER}
 
@@ -161,12 +196,13 @@ def best_track(rule: Rule, tracks: np.ndarray, levels: np.ndarray,
 
 
 def combine(rule: Rule, mode: str, mix: np.ndarray | None, tracks: np.ndarray | None,
-            levels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            levels: np.ndarray | None, denoised: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N, L) and the input that gave each (N, L): 0 the mix, k ≥ 1 the k-th track.
 
     mode ``mix``: the mix's scores; ``separated``: the best counted track (0 where none
     counts); ``mix+separated``: the rule's pooling of the mix and the best counted track.
-    mix (N, L), tracks (N, M, L), levels (N, M).
+    mix (N, L), tracks (N, M, L), levels (N, M); denoised (N, L): the scores of
+    :data:`DENOISED`, needed when ``rule.denoised``.
     """
     if mode == "mix":
         return np.asarray(mix, np.float32), np.zeros(mix.shape, np.int16)
@@ -181,8 +217,12 @@ def combine(rule: Rule, mode: str, mix: np.ndarray | None, tracks: np.ndarray | 
         out = np.where(take, best, lm)
     else:  # weighted mean of the mix's logit and the best track's; the mix alone where no track counts
         take = np.isfinite(best)
-        w = rule.track_weight
-        out = np.where(take, (1 - w) * lm + w * np.where(take, best, 0.0), lm)
+        w, wd = rule.track_weight, rule.denoised
+        out = (1 - w - wd) * lm + w * np.where(take, best, lm)
+        if wd:
+            if denoised is None:
+                raise ValueError(f"{rule.name} needs the scores of {DENOISED.name}")
+            out = out + wd * logit(denoised)
     return sigmoid(out).astype(np.float32), np.where(take, arg, 0).astype(np.int16)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from birdsep import audio, combination, files
 from birdsep.batch import BatchSummary, Done, run_batch, threads_per_job
-from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
+from birdsep.combination import DEFAULT, DENOISED, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
 from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combined, write_outputs
 from birdsep.separation import runtime
@@ -221,7 +221,7 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
         bounds = [(int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))) for s, e in piece]
 
         def streams(a: int, b: int) -> np.ndarray:
-            """What is classified in the window [a, b): the mix, then each input's M tracks. (R, b − a)"""
+            """What is classified in the window [a, b): the mix, then each input's rows (M tracks, or 1). (R, b − a)"""
             rows = [x_cls[None, a:b]] if mix else []
             return np.concatenate(rows + [inp.apply(src[:, a:b], x_cls[a:b]) for inp in inputs])
 
@@ -240,11 +240,12 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
             m = src.shape[0]
             if levels is None:
                 levels = np.zeros((len(spans), m), np.float32)
-                track_out = {inp: np.zeros((len(spans), m, n_lab), np.float32) for inp in inputs}
+                track_out = {inp: np.zeros((len(spans), inp.rows(m), n_lab), np.float32) for inp in inputs}
             levels[at] = np.stack([track_levels(src[:, a:b]) for a, b in bounds])
-            for v, inp in enumerate(inputs):
-                first = int(mix) + v * m
-                track_out[inp][at] = scores[:, first : first + m]
+            first = int(mix)
+            for inp in inputs:
+                track_out[inp][at] = scores[:, first : first + inp.rows(m)]
+                first += inp.rows(m)
         if progress is not None:
             progress(min(1.0, (p0 + len(piece)) / len(spans)))
     return FileScores(spans, mix_out, track_out, levels)
@@ -261,7 +262,8 @@ def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray
     tracks = fs.tracks.get(rule.input) if mode != "mix" else None
     if mode != "mix" and tracks is None:
         raise ValueError(f"no scores for {rule.input.name}")
-    return combination.combine(rule, mode, fs.mix, tracks, fs.levels)
+    denoised = fs.tracks.get(DENOISED) if mode == "mix+separated" and rule.denoised else None
+    return combination.combine(rule, mode, fs.mix, tracks, fs.levels, None if denoised is None else denoised[:, 0])
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ class Classification:
     scores: np.ndarray  # (N, L) the mode's scores
     channel: np.ndarray  # (N, L) where each score came from: 0 the mix, k source_k
     mode: str
+    denoised: np.ndarray | None = None  # (N, L) scores of the mix without its loudest track, where the rule uses it
 
     def rows(self, min_conf: float = 0.1) -> list[dict]:
         """One dict per (window, species) scoring ≥ ``min_conf``: start, end, species,
@@ -406,7 +409,7 @@ class Detector:
         o = self.opts
         return score_file(path, self.classifier, self.tracks_for(Path(path), base, tracks), window=o.window,
                           overlap=o.overlap / o.window, mix=o.mode != "separated",
-                          inputs=inputs or (self.rule.input,), progress=progress)
+                          inputs=inputs or self.rule.inputs, progress=progress)
 
     def detections(self, path, base: Path | None = None, tracks: list[Path] | None = None,
                    progress=None) -> tuple[list[Detection], float]:
