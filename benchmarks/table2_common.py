@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from birdsep import metrics
-from birdsep.combination import PAPER, RAW, Rule, TrackInput, logit
+from birdsep.combination import DENOISED_FLOOR, PAPER, RAW, Rule, TrackInput, logit
 from birdsep.detect import FileScores, combine, score_file, separating
 from birdsep.evaluation import covers
 
@@ -66,6 +66,12 @@ CANDIDATES: list[Rule] = [
          track_weight=1 / 4, denoised=1 / 4),
     Rule("mix back −20 dB ¼ + mix without its loudest track ⅙", input=MIX_BACK, pool="mean",
          track_weight=1 / 4, denoised=1 / 6),
+    Rule("mix without its noise-floor track, weight ¼", input=MIX_UNDER, pool="mean", track_weight=0.0,
+         denoised=1 / 4, denoise_input=DENOISED_FLOOR),
+    Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ⅙", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 4, denoised=1 / 6, denoise_input=DENOISED_FLOOR),
+    Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ¼", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 4, denoised=1 / 4, denoise_input=DENOISED_FLOOR),
 ]
 
 

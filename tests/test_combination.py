@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from birdsep.combination import (DEFAULT, DENOISED, PAPER, RULES, Rule, TrackInput, combine, logit, sigmoid,
+from birdsep.combination import (DEFAULT, DENOISED, DENOISED_FLOOR, PAPER, RAW, RULES, Rule, TrackInput, combine, logit, sigmoid,
                                  track_levels)
 
 # one window (N = 1), M = 3 tracks, L = 3 species
@@ -102,6 +102,29 @@ def test_track_inputs_and_levels():
     quiet = tracks.copy()
     quiet[3] *= 0.01
     assert track_levels(quiet)[3] == pytest.approx(track_levels(quiet)[0] - 40, abs=1.5)
+
+
+def test_mix_without_its_noise_floor_track():
+    """``floor`` takes out the track that stays loud between calls, not the loudest: a steady
+    noise track beats a louder bird that calls in bursts; ``loudest`` takes out the bird."""
+    rng = np.random.default_rng(3)
+    t = 48000
+    noise = 0.1 * rng.standard_normal(t).astype(np.float32)  # steady, power 0.01 in every frame
+    bird = np.zeros(t, np.float32)
+    for start in range(0, t, 12000):  # 4 calls of 2000 samples, silence between: loud but intermittent
+        bird[start:start + 2000] = np.sin(np.arange(2000) * 0.3).astype(np.float32)
+    tracks = np.stack([bird, noise, 0.01 * noise])  # (3, T)
+    mix = tracks.sum(0)
+    assert DENOISED.removed(tracks) == 0 and DENOISED_FLOOR.removed(tracks) == 1
+    assert np.allclose(DENOISED_FLOOR.apply(tracks, mix)[0], bird + 0.01 * noise, atol=1e-5)
+    assert DENOISED_FLOOR.name == "mix without its noise-floor track" and DENOISED_FLOOR.rows(3) == 1
+    assert DENOISED_FLOOR.removed(tracks[:, 3000:3100]) == 1  # shorter than a frame: one frame of the whole
+    with pytest.raises(ValueError):
+        TrackInput(denoise=True, remove="quietest")
+    rule = Rule("f", pool="mean", track_weight=0.25, denoised=0.25, denoise_input=DENOISED_FLOOR)
+    assert rule.inputs == (RAW, DENOISED_FLOOR)
+    with pytest.raises(ValueError):
+        Rule("f", pool="mean", denoised=0.25, denoise_input=RAW)
 
 
 def test_rule_names_and_validation():

@@ -60,7 +60,6 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     ``channel`` (N, L) for ``mode``, and ``rows()`` / ``to_pandas()`` as a table.
     """
     from birdsep.backends import load_classifier
-    from birdsep.combination import DENOISED
     from birdsep.detect import MODES, Classification, combine, rule_for, score_array, separating
 
     if mode not in MODES:
@@ -76,7 +75,7 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     scores, channel = combine(mode, fs, rule)
     return Classification(list(backend.labels), np.asarray(fs.spans, np.float64).reshape(-1, 2), fs.mix,
                           fs.tracks.get(rule.input), scores, channel, mode,
-                          fs.tracks[DENOISED][:, 0] if DENOISED in fs.tracks else None)
+                          fs.tracks[rule.denoise_input][:, 0] if rule.denoised else None)
 
 
 def _mono(waveform, layout: str) -> np.ndarray:

@@ -29,6 +29,8 @@ import numpy as np
 from birdsep.errors import UsageError
 
 LOGIT_CLIP = 15.0
+#: frame (samples at the classifier's rate: ~21 ms at 48 kHz) over which a track's noise floor is measured
+FLOOR_FRAME = 1024
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,11 @@ class TrackInput:
     ``complement``: instead of each track, the mixture with that track taken out (input − track m:
     the recording without its recorder noise, or without a louder bird; a bird split over two
     tracks stays whole in the others' complements). Full band by construction.
-    ``denoise``: one input instead of M: the mixture without its loudest track in the window
-    (most often the recorder's noise, else a dominant bird that masks quieter ones).
+    ``denoise``: one input instead of M: the mixture without one of its tracks in the window,
+    chosen by ``remove``: ``loudest`` (most often the recorder's noise, else a dominant bird that
+    masks quieter ones) or ``floor`` (the track with the highest noise floor: the largest 20th
+    percentile of its power over ~21 ms frames, i.e. the track that stays loud between calls —
+    the recorder's noise, insects, rain — rather than a calling bird).
     """
 
     mix_db: float | None = None
@@ -52,11 +57,16 @@ class TrackInput:
     under_track: bool = False
     complement: bool = False
     denoise: bool = False
+    remove: str = "loudest"
+
+    def __post_init__(self):
+        if self.remove not in ("loudest", "floor"):
+            raise ValueError(f"remove must be 'loudest' or 'floor', not {self.remove!r}")
 
     @property
     def name(self) -> str:
         if self.denoise:
-            return "mix without its loudest track"
+            return "mix without its " + ("loudest track" if self.remove == "loudest" else "noise-floor track")
         if self.complement:
             return "mix minus each track"
         parts = ["tracks"] + (["high band"] if self.high_band else [])
@@ -68,8 +78,7 @@ class TrackInput:
         """(M, T) sources and the (T,) mixture of one classifier window, both at the
         classifier's rate → (M, T) inputs ((1, T) with ``denoise``)."""
         if self.denoise:
-            energy = np.einsum("mt,mt->m", tracks.astype(np.float64), tracks.astype(np.float64))
-            return np.asarray(mix - tracks[int(np.argmax(energy))], dtype=np.float32)[None]
+            return np.asarray(mix - tracks[self.removed(tracks)], dtype=np.float32)[None]
         if self.complement:
             return np.asarray(mix[None] - tracks, dtype=np.float32)
         y = tracks
@@ -84,14 +93,26 @@ class TrackInput:
         return np.asarray(y, dtype=np.float32)
 
 
+    def removed(self, tracks: np.ndarray) -> int:
+        """(M, T) → the index of the track that ``denoise`` takes out of the mixture."""
+        t = tracks.astype(np.float64)
+        if self.remove == "loudest":
+            return int(np.argmax(np.einsum("mt,mt->m", t, t)))
+        frame = max(1, min(FLOOR_FRAME, t.shape[1]))
+        n = t.shape[1] // frame
+        power = np.square(t[:, : n * frame]).reshape(len(t), n, frame).mean(-1)  # (M, n frames)
+        return int(np.argmax(np.percentile(power, 20, axis=1)))
+
     def rows(self, sources: int) -> int:
         """How many inputs :meth:`apply` makes from ``sources`` tracks."""
         return 1 if self.denoise else sources
 
 
 RAW = TrackInput()
-#: the mixture without its loudest track (``Rule.denoised``)
+#: the mixture without its loudest track (``Rule.denoised`` by default)
 DENOISED = TrackInput(denoise=True)
+#: the mixture without the track that holds its noise floor
+DENOISED_FLOOR = TrackInput(denoise=True, remove="floor")
 
 
 @dataclass(frozen=True)
@@ -106,8 +127,8 @@ class Rule:
     shifted, window by window, so that their q-quantile over all labels equals the mix's (what
     separation artefacts add to every species is taken off). ``pool``: ``max`` or ``mean`` (see
     the module); ``track_weight``: the best track's weight in ``mean`` (½: the plain mean);
-    ``denoised``: in ``mean``, the weight of a third term, the score of the mixture without its
-    loudest track (:data:`DENOISED`), taken from the mix's weight.
+    ``denoised``: in ``mean``, the weight of a third term, the score of the mixture without one
+    of its tracks (``denoise_input``: :data:`DENOISED`, its loudest), taken from the mix's weight.
     """
 
     name: str
@@ -121,8 +142,11 @@ class Rule:
     pool: str = "max"
     track_weight: float = 0.5
     denoised: float = 0.0
+    denoise_input: TrackInput = DENOISED
 
     def __post_init__(self):
+        if not self.denoise_input.denoise:
+            raise ValueError("denoise_input must be a TrackInput with denoise=True")
         if self.pool not in ("max", "mean"):
             raise ValueError(f"pool must be 'max' or 'mean', not {self.pool!r}")
         if self.denoised and (self.pool != "mean" or self.track_weight + self.denoised > 1):
@@ -130,8 +154,8 @@ class Rule:
 
     @property
     def inputs(self) -> tuple[TrackInput, ...]:
-        """What the classifier must hear for this rule: the tracks' input (and :data:`DENOISED`)."""
-        return (self.input, DENOISED) if self.denoised else (self.input,)
+        """What the classifier must hear for this rule: the tracks' input (and ``denoise_input``)."""
+        return (self.input, self.denoise_input) if self.denoised else (self.input,)
 
 
 #: The paper's rule: the maximum over the mix and every separated track, as they come.
@@ -202,7 +226,7 @@ def combine(rule: Rule, mode: str, mix: np.ndarray | None, tracks: np.ndarray | 
     mode ``mix``: the mix's scores; ``separated``: the best counted track (0 where none
     counts); ``mix+separated``: the rule's pooling of the mix and the best counted track.
     mix (N, L), tracks (N, M, L), levels (N, M); denoised (N, L): the scores of
-    :data:`DENOISED`, needed when ``rule.denoised``.
+    ``rule.denoise_input``, needed when ``rule.denoised``.
     """
     if mode == "mix":
         return np.asarray(mix, np.float32), np.zeros(mix.shape, np.int16)
@@ -221,7 +245,7 @@ def combine(rule: Rule, mode: str, mix: np.ndarray | None, tracks: np.ndarray | 
         out = (1 - w - wd) * lm + w * np.where(take, best, lm)
         if wd:
             if denoised is None:
-                raise ValueError(f"{rule.name} needs the scores of {DENOISED.name}")
+                raise ValueError(f"{rule.name} needs the scores of {rule.denoise_input.name}")
             out = out + wd * logit(denoised)
     return sigmoid(out).astype(np.float32), np.where(take, arg, 0).astype(np.int16)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from birdsep import audio, combination, files
 from birdsep.batch import BatchSummary, Done, run_batch, threads_per_job
-from birdsep.combination import DEFAULT, DENOISED, RAW, Rule, TrackInput, track_levels
+from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
 from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combined, write_outputs
 from birdsep.separation import runtime
@@ -262,7 +262,7 @@ def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray
     tracks = fs.tracks.get(rule.input) if mode != "mix" else None
     if mode != "mix" and tracks is None:
         raise ValueError(f"no scores for {rule.input.name}")
-    denoised = fs.tracks.get(DENOISED) if mode == "mix+separated" and rule.denoised else None
+    denoised = fs.tracks.get(rule.denoise_input) if mode == "mix+separated" and rule.denoised else None
     return combination.combine(rule, mode, fs.mix, tracks, fs.levels, None if denoised is None else denoised[:, 0])
 
 
@@ -277,7 +277,7 @@ class Classification:
     scores: np.ndarray  # (N, L) the mode's scores
     channel: np.ndarray  # (N, L) where each score came from: 0 the mix, k source_k
     mode: str
-    denoised: np.ndarray | None = None  # (N, L) scores of the mix without its loudest track, where the rule uses it
+    denoised: np.ndarray | None = None  # (N, L) scores of the mix without one track (the rule's denoise_input), where the rule uses it
 
     def rows(self, min_conf: float = 0.1) -> list[dict]:
         """One dict per (window, species) scoring ≥ ``min_conf``: start, end, species,
