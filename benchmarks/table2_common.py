@@ -72,6 +72,10 @@ CANDIDATES: list[Rule] = [
          track_weight=1 / 4, denoised=1 / 6, denoise_input=DENOISED_FLOOR),
     Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ¼", input=MIX_UNDER, pool="mean",
          track_weight=1 / 4, denoised=1 / 4, denoise_input=DENOISED_FLOOR),
+    Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ⅓", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 4, denoised=1 / 3, denoise_input=DENOISED_FLOOR),
+    Rule("mix 15 dB under each track ⅓ + mix without its noise-floor track ¼", input=MIX_UNDER, pool="mean",
+         track_weight=1 / 3, denoised=1 / 4, denoise_input=DENOISED_FLOOR),
 ]
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from common import header, table
+from birdsep.separation.data import cut_song
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -75,50 +76,6 @@ def heldout_recordings(data: Path) -> dict[str, list[Path]]:
     return by_species
 
 
-def band_envelope(x: np.ndarray, frame: int) -> np.ndarray:
-    """Energy (dB) of consecutive frames in 1–12 kHz, where songbirds sing."""
-    from scipy.signal import butter, sosfilt
-
-    sos = butter(4, [1000, 12000], btype="band", fs=RATE, output="sos")
-    y = sosfilt(sos, x)
-    n = len(y) // frame
-    return 10 * np.log10(np.mean(y[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
-
-
-def cut_song(x: np.ndarray, min_s: float = 0.6, max_s: float = 4.0) -> np.ndarray | None:
-    """The loudest vocalisation of a recording: frames ≥ 12 dB over its floor, gaps < 0.3 s
-    bridged, cut with 50 ms margins and 20 ms fades. None if nothing fits."""
-    frame = int(0.02 * RATE)
-    db = band_envelope(x, frame)
-    if len(db) < 10:
-        return None
-    active = db > np.percentile(db, 20) + 12
-    runs, start = [], None
-    for i, a in enumerate(np.append(active, False)):
-        if a and start is None:
-            start = i
-        elif not a and start is not None:
-            runs.append([start, i])
-            start = None
-    merged = []
-    for r in runs:
-        if merged and r[0] - merged[-1][1] < 15:
-            merged[-1][1] = r[1]
-        else:
-            merged.append(r)
-    good = [r for r in merged if min_s <= (r[1] - r[0]) * 0.02 <= max_s]
-    if not good:
-        return None
-    best = max(good, key=lambda r: db[r[0]:r[1]].mean())
-    a, b = max(0, best[0] * frame - int(0.05 * RATE)), min(len(x), best[1] * frame + int(0.05 * RATE))
-    song = x[a:b].astype(np.float64).copy()
-    fade = int(0.02 * RATE)
-    ramp = np.sin(0.5 * np.pi * np.arange(fade) / fade) ** 2
-    song[:fade] *= ramp
-    song[-fade:] *= ramp[::-1]
-    return song
-
-
 def background(data: Path, seconds: float) -> np.ndarray:
     from birdsep import audio
 
@@ -144,7 +101,7 @@ def make_scenes(data: Path, count: int, seconds: float, seed: int) -> list[Scene
     songs: dict[str, np.ndarray] = {}
     for species, files in recordings.items():
         for f in files:
-            s = cut_song(audio.load(f, RATE)[0])
+            s = cut_song(audio.load(f, RATE)[0], RATE)
             if s is not None:
                 songs[species] = s
                 break

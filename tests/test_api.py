@@ -65,7 +65,7 @@ def test_classify_scores_the_mix_and_the_tracks(tiny):
     assert res.mix[:, 0].min() > 0.5  # the 3 kHz tone dominates the mix
     rows = res.rows(min_conf=0.0)
     assert len(rows) == 3 * 2 and set(rows[0]) == {"start", "end", "species", "confidence", "channel"}
-    assert {r["species"] for r in rows if r["confidence"] > 0.5} == {"Aaa aaa_Three kHz"}
+    assert (res.scores[:, 0] > res.scores[:, 1]).all()  # the louder 3 kHz tone ranks first in every window
     mix_only = birdsep.classify(x.T, SR, Tones(), mode="mix", window=1.0, device="cpu")
     assert mix_only.separated is None and np.array_equal(mix_only.scores, mix_only.mix)
     assert {r["channel"] for r in mix_only.rows(0.0)} == {"mix"}

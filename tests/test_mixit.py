@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from birdsep.separation.mixit import (active_sources, mixit_loss, momi, neg_snr_loss, si_snr,
+from birdsep.separation.mixit import (active_sources, mixit_loss, momi, neg_snr_loss, pit_loss, si_snr,
                                       si_snr_improvement)
 
 
@@ -124,3 +124,57 @@ def test_sparsity_loss_known_values():
     assert abs(float(sparsity_loss(equal)) - 2.0) < 1e-4  # √M
     assert abs(float(sparsity_loss(two)) - 2 ** 0.5) < 1e-3
     assert sparsity_loss(torch.randn(3, 8, 100)).shape == (3,)
+
+
+def _pit_brute(refs: torch.Tensor, srcs: torch.Tensor, tau: float = 1e-3) -> float:
+    """min over all M! one-to-one matchings of the summed pair costs, written out plainly."""
+    x_pow = refs.sum(0).pow(2).sum()
+    best = float("inf")
+    for perm in itertools.permutations(range(len(srcs))):
+        total = 0.0
+        for i, j in enumerate(perm):
+            if refs[i].pow(2).sum() <= 1e-10 * x_pow:  # a silent reference: the output should be silent
+                total += float(10 * torch.log10(srcs[j].pow(2).sum() + tau * x_pow) - 10 * torch.log10(x_pow))
+            else:
+                total += float(neg_snr_loss(refs[i], srcs[j]))
+        best = min(best, total)
+    return best
+
+
+@pytest.mark.parametrize("m", [3, 4])
+def test_pit_loss_equals_brute_force_with_silent_references(m):
+    g = torch.Generator().manual_seed(m)
+    refs = torch.randn(5, m, 300, generator=g, dtype=torch.float64)
+    refs[:, m - 1] = 0  # one absent source in every example
+    refs[0, 1:] = 0  # and an example with a single source
+    srcs = torch.randn(5, m, 300, generator=g, dtype=torch.float64)
+    loss, perm = pit_loss(refs, srcs)
+    assert loss.shape == (5,) and perm.shape == (5, m)
+    for b in range(5):
+        assert sorted(perm[b].tolist()) == list(range(m))  # one-to-one
+        assert loss[b].item() == pytest.approx(_pit_brute(refs[b], srcs[b]), abs=1e-6)
+
+
+def test_pit_loss_counts_a_split_that_mixit_forgives():
+    """Known answer: perfect outputs in any order cost −SNRmax per reference (silent ones too);
+    one source split in half over two outputs costs loss under PIT but none under MixIT of the
+    two mixtures it belongs to."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 1000, generator=g, dtype=torch.float64)
+    refs = torch.stack([a, b, torch.zeros_like(a), torch.zeros_like(a)])[None]  # (1, 4, T)
+    perfect = refs[:, [2, 0, 3, 1]]
+    loss, perm = pit_loss(refs, perfect)
+    assert loss.item() == pytest.approx(4 * -30.0, abs=0.01) and perm[0, :2].tolist() == [1, 3]
+    split = torch.stack([a / 2, a / 2, b, torch.zeros_like(a)])[None]  # source a over outputs 1 and 2
+    assert pit_loss(refs, split)[0].item() > loss.item() + 20
+    mix_loss, _ = mixit_loss(refs[:, :2], split)  # MixIT over the two: the split remixes exactly
+    assert mix_loss.item() == pytest.approx(2 * -30.0, abs=0.01)
+
+
+def test_pit_loss_gradient_and_shape_check():
+    refs = torch.randn(2, 3, 200, dtype=torch.float64)
+    srcs = torch.randn(2, 3, 200, dtype=torch.float64, requires_grad=True)
+    pit_loss(refs, srcs)[0].sum().backward()
+    assert srcs.grad is not None and torch.isfinite(srcs.grad).all() and srcs.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        pit_loss(refs[:, :2], srcs)

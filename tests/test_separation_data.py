@@ -127,3 +127,44 @@ def test_noise_share_replaces_the_last_reference_with_stationary_noise(corpus):
     level = 20 * torch.log10(noisy[:, 1].pow(2).mean(dim=-1).sqrt())
     assert ((level > -40.5) & (level < -14.5)).all()  # normalised like any reference
     assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), noise_share=0.0))
+
+
+def test_cut_song_finds_the_loudest_vocalisation():
+    """Known answer: hiss with a 1 s 4 kHz tone at 2–3 s and a quieter 0.8 s one at 5 s → the
+    louder one, with 50 ms margins; nothing in hiss alone or in too short a recording."""
+    rng = np.random.default_rng(0)
+    t = np.arange(8 * SR) / SR
+    x = 0.001 * rng.standard_normal(len(t))
+    x += 0.3 * np.sin(2 * np.pi * 4000 * t) * ((t >= 2) & (t < 3))
+    x += 0.05 * np.sin(2 * np.pi * 3000 * t) * ((t >= 5) & (t < 5.8))
+    song = D.cut_song(x, SR)
+    assert song is not None and len(song) / SR == pytest.approx(1.1, abs=0.05)
+    assert np.abs(song).max() == pytest.approx(0.3, abs=0.01) and abs(song[0]) < 1e-6  # faded in
+    assert D.cut_song(0.001 * rng.standard_normal(8 * SR), SR) is None
+    assert D.cut_song(x[:1000], SR) is None
+
+
+def test_song_scenes_have_known_sources(tmp_path):
+    folder = tmp_path / "songs"
+    folder.mkdir()
+    for i in range(3):  # recordings with a loud 1 s burst over quiet noise
+        _write(folder / f"r{i}.wav", 6.0, loud=[(2.0 + i * 0.5, 3.0 + i * 0.5)], seed=i)
+    index = D.RecordingIndex.build([str(folder)], progress=False)
+    sampler = D.WindowSampler(index, seconds=2.0, sample_rate=SR)
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(20):
+        scene = D.draw_song_scene(sampler, rng, sources=4)
+        assert scene.shape == (4, 2 * SR) and scene.dtype == np.float32 and np.isfinite(scene).all()
+        level = 20 * np.log10(np.sqrt((scene[0].astype(np.float64) ** 2).mean()))
+        assert -45.5 < level < -24.5  # the background
+        active = [bool(np.abs(r).max() > 0) for r in scene[1:]]
+        assert active == sorted(active, reverse=True)  # songs first, then silent rows
+        counts.add(sum(active))
+        for r in scene[1:][active]:
+            assert 0.5 < (np.abs(r) > 0).sum() / SR < 1.3  # one cut burst, not the whole window
+    assert counts <= {1, 2, 3} and len(counts) >= 2
+    batch = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), song_share=1.0, sources=4)
+    assert isinstance(batch, dict) and batch["sources"].shape == (3, 4, 2 * SR)
+    plain = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]))
+    assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), song_share=0.0))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,7 +98,7 @@ def test_warm_start_wider_with_sparsity_references_and_exclude_list(data_dir, tm
     excludes.write_text("# keep the veery out\n*/veery/*\n\n")
     wide = tmp_path / "wide"
     r = birdsep("train-separator", *train, "--out", wide, "--steps", "2", "--sources", "4", "--init-from", base,
-                "--sparsity", "0.5", "--references", "4", "--references-share", "1", "--noise-share", "0.5",
+                "--sparsity", "0.5", "--references", "4", "--references-share", "1", "--noise-share", "0.5", "--song-share", "0.5",
                 "--exclude-from", excludes,
                 "--checkpoint-every", "1", *stft)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -110,10 +111,24 @@ def test_warm_start_wider_with_sparsity_references_and_exclude_list(data_dir, tm
     assert "sparsity" in metrics.splitlines()[0]
 
 
+def test_song_scenes_train_with_the_permutation_invariant_loss(data_dir, tmp_path):
+    """--song-share 1: every batch is a scene of songs cut from the recordings over a background."""
+    out = tmp_path / "songs"
+    r = birdsep("train-separator", data_dir / "xc" / "veery", data_dir / "xc" / "wood_thrush", "--out", out,
+                "--steps", "2", "--sources", "3", "--song-share", "1", "--preset", "stft", "--clip-seconds", "2",
+                "--checkpoint-every", "1", "--batch-size", "2", "--workers", "0", "--threads", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = next((out / "logs" / "csv").rglob("metrics.csv")).read_text().splitlines()
+    header = rows[0].split(",")
+    assert "pit" in header and "mixit" not in header
+    values = [float(row.split(",")[header.index("pit")]) for row in rows[1:] if row.split(",")[header.index("pit")]]
+    assert values and all(np.isfinite(values))
+
+
 def test_more_references_than_sources_is_one_line(data_dir, tmp_path):
     train = data_dir / "xc" / "veery"
     for extra in (["--references", "5"], ["--references", "1"], ["--references", "3", "--references-share", "0"],
-                  ["--noise-share", "1.5"]):
+                  ["--noise-share", "1.5"], ["--song-share", "-0.1"]):
         r = birdsep("train-separator", train, "--out", tmp_path / "r", "--steps", "1", "--sources", "4",
                     "--preset", "stft", *extra)
         assert r.returncode == 2, r.stderr[-2000:]

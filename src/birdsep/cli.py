@@ -152,6 +152,10 @@ def _add_train_separator(sub) -> None:
     p.add_argument("--noise-share", type=float, default=0.0, metavar="P",
                    help="share of the mixtures whose last reference is stationary noise shaped like a window's "
                         "noise floor (default 0): MixIT then wants birds apart from the noise in their band")
+    p.add_argument("--song-share", type=float, default=0.0, metavar="P",
+                   help="share of the batches that are scenes of known sources instead of MoMs (default 0): "
+                        "1 to M-1 songs cut from the recordings over a background, trained with a "
+                        "permutation-invariant loss that counts a song split over two outputs as an error")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start from a model folder or run directory (its design; --sources may add outputs)")
 

@@ -16,9 +16,9 @@ Two things are chosen, together called a :class:`Rule`:
 
 The candidates measured side by side, and why :data:`DEFAULT` is the default, are in
 ``docs/classify.md`` (``benchmarks/table2_real.py``): :data:`DEFAULT` adds the mixture into
-every track 15 dB under the track's level and takes a weighted mean of logits: 7/12 the mix's,
-¼ the best track's and ⅙ the mixture's without its loudest track. Scores are probabilities in [0, 1]; logits are clipped at ±15 (as the BirdNET backend
-clips its own).
+every track 15 dB under the track's level and takes a weighted mean of logits: 5/12 the mix's,
+¼ the best track's and ⅓ the mixture's without its noise-floor track. Scores are probabilities
+in [0, 1]; logits are clipped at ±15 (as the BirdNET backend clips its own).
 """
 from __future__ import annotations
 
@@ -161,11 +161,12 @@ class Rule:
 #: The paper's rule: the maximum over the mix and every separated track, as they come.
 PAPER = Rule("max (paper)")
 #: What ``--mode mix+separated`` does by default (chosen in docs/classify.md): every track is heard
-#: with the mixture added 15 dB under the track's own level, and a species' logit is 7/12 the
-#: mix's, ¼ the best track's (the mix's instead where no track counts) and ⅙ that of the mixture
-#: without its loudest track.
-DEFAULT = Rule("mix 15 dB under each track ¼ + mix without its loudest track ⅙",
-               input=TrackInput(mix_db=-15.0, under_track=True), pool="mean", track_weight=1 / 4, denoised=1 / 6)
+#: with the mixture added 15 dB under the track's own level, and a species' logit is 5/12 the
+#: mix's, ¼ the best track's (the mix's instead where no track counts) and ⅓ that of the mixture
+#: without its noise-floor track (the track that stays loud between calls).
+DEFAULT = Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ⅓",
+               input=TrackInput(mix_db=-15.0, under_track=True), pool="mean", track_weight=1 / 4, denoised=1 / 3,
+               denoise_input=DENOISED_FLOOR)
 #: ``--combine`` names.
 RULES = {"default": DEFAULT, "max": PAPER}
 

@@ -198,6 +198,82 @@ def floor_noise(x: np.ndarray, rng: np.random.Generator, percentile: float = 20.
     return np.pad(y, (0, max(0, t - len(y))))[:t].astype(np.float32)
 
 
+def band_envelope(x: np.ndarray, sample_rate: int, frame: int) -> np.ndarray:
+    """(T,) → energy (dB) of consecutive ``frame``-sample frames in 1–12 kHz, where songbirds sing
+    (the band stops below Nyquist for low sample rates)."""
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, [1000, min(12000, 0.45 * sample_rate)], btype="band", fs=sample_rate, output="sos")
+    y = sosfilt(sos, np.asarray(x, np.float64))
+    n = len(y) // frame
+    return 10 * np.log10(np.mean(y[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+
+
+def cut_song(x: np.ndarray, sample_rate: int, min_s: float = 0.6, max_s: float = 4.0,
+             margin_db: float = 12.0) -> np.ndarray | None:
+    """The loudest vocalisation of a recording (T,): 20 ms frames ≥ ``margin_db`` over its floor
+    (20th percentile) in 1–12 kHz, gaps < 0.3 s bridged, ``min_s`` … ``max_s`` long, cut with
+    50 ms margins and 20 ms fades. None if nothing fits."""
+    frame = int(0.02 * sample_rate)
+    db = band_envelope(x, sample_rate, frame)
+    if len(db) < 10:
+        return None
+    active = np.concatenate([[False], db > np.percentile(db, 20) + margin_db, [False]])
+    edges = np.flatnonzero(np.diff(active.astype(np.int8)))  # run starts and ends, alternating
+    merged: list[list[int]] = []
+    for a, b in zip(edges[::2], edges[1::2]):
+        if merged and a - merged[-1][1] < 15:  # a gap under 0.3 s
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    good = [r for r in merged if min_s <= (r[1] - r[0]) * 0.02 <= max_s]
+    if not good:
+        return None
+    best = max(good, key=lambda r: db[r[0]:r[1]].mean())
+    pad = int(0.05 * sample_rate)
+    a, b = max(0, best[0] * frame - pad), min(len(x), best[1] * frame + pad)
+    song = np.asarray(x[a:b], np.float64).copy()
+    fade = min(int(0.02 * sample_rate), len(song) // 2)
+    ramp = np.sin(0.5 * np.pi * np.arange(fade) / max(fade, 1)) ** 2
+    song[:fade] *= ramp
+    song[len(song) - fade:] *= ramp[::-1]
+    return song
+
+
+def draw_song_scene(sampler: WindowSampler, rng: np.random.Generator, sources: int, tries: int = 8) -> np.ndarray:
+    """A scene with known sources (M, T), rows summing to the separator's input: row 0 a
+    background (the steadier of two windows, −45 … −25 dBFS), rows 1 … K one vocalisation each
+    (:func:`cut_song` of a window of another draw, 0 … +20 dB over the background, at a random
+    place), K from 1 to M − 1, the remaining rows silent. Trained with :func:`birdsep.separation.
+    mixit.pit_loss`, a vocalisation split over two outputs costs loss (unlike MixIT's)."""
+    t = sampler.length
+    out = np.zeros((sources, t), np.float32)
+    backs = [sampler.draw(rng) for _ in range(2)]
+    spread = [np.ptp(np.percentile(band_envelope(b, sampler.sample_rate, int(0.02 * sampler.sample_rate)),
+                                   [20, 95])) for b in backs]
+    back = backs[int(np.argmin(spread))].astype(np.float64)
+    back_rms = float(np.sqrt(np.mean(back ** 2)))
+    level = 10 ** (rng.uniform(-45, -25) / 20)
+    if back_rms > 1e-7:
+        out[0] = back * (level / back_rms)
+    for k in range(1, 1 + int(rng.integers(1, sources))):
+        for _ in range(tries):
+            song = cut_song(sampler.draw(rng), sampler.sample_rate)
+            if song is not None and len(song) <= t:
+                break
+        else:
+            continue
+        off = int(rng.integers(0, t - len(song) + 1))
+        rms = float(np.sqrt(np.mean(song ** 2)))
+        out[k, off:off + len(song)] = song * (level * 10 ** (rng.uniform(0, 20) / 20) / max(rms, 1e-12))
+    return out
+
+
+def song_batch(sampler: WindowSampler, size: int, sources: int, rng: np.random.Generator) -> dict:
+    """``{"sources": (B, M, T)}``: a batch of :func:`draw_song_scene`."""
+    return {"sources": torch.from_numpy(np.stack([draw_song_scene(sampler, rng, sources) for _ in range(size)]))}
+
+
 def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int = 2,
              noise_share: float = 0.0) -> np.ndarray:
     """``references`` reference mixtures (N, T), windows of different draws: their sum is the
@@ -212,10 +288,14 @@ def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int =
 
 
 def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator,
-              references: int = 2, share: float = 0.0, noise_share: float = 0.0) -> torch.Tensor:
+              references: int = 2, share: float = 0.0, noise_share: float = 0.0,
+              song_share: float = 0.0, sources: int = 4) -> torch.Tensor | dict:
     """A training batch of ``size`` MoMs (B, N, T) drawn with ``rng`` (``place``: the batch's
     number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches;
-    ``noise_share``: see :func:`draw_mom`."""
+    ``noise_share``: see :func:`draw_mom`. A ``song_share`` of the batches are instead
+    :func:`song_batch` es of scenes with ``sources`` known sources."""
+    if song_share > 0 and rng.random() < song_share:
+        return song_batch(sampler, size, sources, rng)
     n = references if share > 0 and rng.random() < share else 2
     return torch.from_numpy(np.stack([draw_mom(sampler, rng, n, noise_share) for _ in range(size)]))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 DEFAULT_SNR_MAX = 30.0
@@ -87,6 +88,46 @@ def mixit_loss(
     assignment = best_assignment(references, sources, snr_max)
     remixed = torch.bmm(assignment, sources)  # (B, N, T)
     return neg_snr_loss(references, remixed, snr_max).sum(dim=1), assignment
+
+
+def pit_loss(
+    references: torch.Tensor, sources: torch.Tensor, snr_max: float | None = DEFAULT_SNR_MAX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permutation-invariant loss with known sources, some of them silent (the supervised term of
+    Wisdom et al. 2020's semi-supervised MixIT). references (B, M, T), as many as there are
+    outputs, rows of zeros for absent sources; sources (B, M, T) → (loss (B,), permutation (B, M):
+    the output matched to each reference).
+
+    Each reference gets exactly one output: an active one costs L(r, ŝ) (negative thresholded
+    SNR), a silent one 10 log10(‖ŝ‖² + τ‖x‖²) − 10 log10 ‖x‖² (x the input: the output is pushed
+    to silence, relative to the input's level). loss_b sums the M terms. Unlike MixIT, a source
+    split over two outputs costs loss: only one of them is matched to it. The best one-to-one
+    matching is found with the Hungarian algorithm (scipy) on all M×M pair costs, computed from
+    energies without a gradient; the chosen pairs are then recomputed in the time domain.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if references.shape != sources.shape:
+        raise ValueError(f"references {tuple(references.shape)} and sources {tuple(sources.shape)} differ")
+    tau = 0.0 if snr_max is None else 10.0 ** (-snr_max / 10.0)
+    mix_pow = references.sum(1).pow(2).sum(-1)  # (B,)
+    ref_pow = references.pow(2).sum(-1)  # (B, M)
+    silent = ref_pow <= 1e-10 * mix_pow[:, None]  # (B, M)
+    with torch.no_grad():
+        refs, srcs = references.double(), sources.double()
+        src_pow = srcs.pow(2).sum(-1)  # (B, M)
+        corr = torch.einsum("bit,bjt->bij", refs, srcs)  # (B, M refs, M outputs)
+        err = ref_pow.double()[:, :, None] - 2 * corr + src_pow[:, None, :]
+        active = _losses_from_energies(ref_pow.double()[:, :, None], err, snr_max)
+        quiet = (10.0 * torch.log10(src_pow[:, None, :] + tau * mix_pow.double()[:, None, None] + EPS)
+                 - 10.0 * torch.log10(mix_pow.double()[:, None, None] + EPS)).expand_as(active)
+        cost = torch.where(silent[:, :, None], quiet, active).cpu().numpy()  # (B, M, M)
+    perm = torch.tensor(np.stack([linear_sum_assignment(c)[1] for c in cost]), device=sources.device)  # (B, M)
+    matched = torch.gather(sources, 1, perm[:, :, None].expand_as(sources))  # (B, M, T): output for reference i
+    quiet_loss = (10.0 * torch.log10(matched.pow(2).sum(-1) + tau * mix_pow[:, None] + EPS)
+                  - 10.0 * torch.log10(mix_pow[:, None] + EPS))
+    loss = torch.where(silent, quiet_loss, neg_snr_loss(references, matched, snr_max))  # (B, M)
+    return loss.sum(dim=1), perm
 
 
 def sparsity_loss(sources: torch.Tensor, eps: float = EPS) -> torch.Tensor:

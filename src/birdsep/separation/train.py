@@ -21,7 +21,7 @@ import torch
 from birdsep import batches, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
-from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, sparsity_loss
+from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
 from birdsep.separation.model import PRESETS, Separator, SeparatorConfig, preset, save_model, widen_sources
 from birdsep.training import SeparatorTrainOptions
 
@@ -37,11 +37,18 @@ class MixITModule(pl.LightningModule):
         self.model = Separator(SeparatorConfig.from_dict(config))
         self.lr, self.snr_max, self.sparsity = lr, snr_max, sparsity
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        references = batch  # (B, N, T)
-        sources = self.model(references.sum(dim=1))  # (B, M, T)
-        loss, _ = mixit_loss(references.float(), sources.float(), self.snr_max)
-        loss = loss.mean()
+    def training_step(self, batch: torch.Tensor | dict, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, dict):  # a scene with known sources (data.song_batch): (B, M, T)
+            known = batch["sources"]
+            sources = self.model(known.sum(dim=1))  # (B, M, T)
+            loss, _ = pit_loss(known.float(), sources.float(), self.snr_max)
+            loss = loss.mean() * 2 / known.shape[1]  # per reference, weighed as MixIT's two
+            self.log("pit", loss, on_step=True)
+        else:
+            references = batch  # (B, N, T)
+            sources = self.model(references.sum(dim=1))  # (B, M, T)
+            loss, _ = mixit_loss(references.float(), sources.float(), self.snr_max)
+            loss = loss.mean()
         if self.sparsity:
             penalty = sparsity_loss(sources).mean()
             self.log("mixit", loss, on_step=True)
@@ -107,8 +114,9 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     if not 2 <= opts.references <= config.num_sources or not 0 < opts.references_share <= 1:
         raise UsageError(f"--references must be 2 … {config.num_sources} (the number of sources) and "
                          f"--references-share in (0, 1]")
-    if not 0 <= opts.noise_share <= 1:
-        raise UsageError(f"--noise-share must be in [0, 1], not {opts.noise_share:g}")
+    for flag, value in (("--noise-share", opts.noise_share), ("--song-share", opts.song_share)):
+        if not 0 <= value <= 1:
+            raise UsageError(f"{flag} must be in [0, 1], not {value:g}")
     if opts.references ** config.num_sources > MAX_ASSIGNMENTS:
         raise UsageError(f"--references {opts.references} with {config.num_sources} sources makes "
                          f"{opts.references ** config.num_sources} MixIT assignments (at most {MAX_ASSIGNMENTS})")
@@ -128,7 +136,8 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
     loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
                                               share=opts.references_share if opts.references > 2 else 0.0,
-                                              noise_share=opts.noise_share), opts.seed,
+                                              noise_share=opts.noise_share, song_share=opts.song_share,
+                                              sources=config.num_sources), opts.seed,
                             resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
     module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
