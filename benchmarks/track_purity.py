@@ -5,7 +5,7 @@ Builds long recordings (default 4 scenes × 3 min, 32 kHz) from a real recorder 
 2–4 birds of species kept out of separator training (``splits/heldout_species.txt``), each
 repeating one of its own songs, cut from its Xeno-canto recording, with 3–12 s of silence
 between songs. Each scene is separated with ``birdsep.separate`` exactly as a user would
-(12 s blocks, cross-fades, track alignment, default precision).
+(12 s blocks unless `--block` says otherwise, cross-fades, track alignment, default precision).
 
 For every planted song s (samples t0…t1) and every output track y_m, the share of the song
 in the track is its projection coefficient c_m = ⟨y_m, s⟩ / ‖s‖² over t0…t1 (the tracks sum
@@ -195,10 +195,10 @@ def birdnet_scores(scene: Scene, tracks: np.ndarray, best: dict[int, int], high_
     return rows
 
 
-def separate(model: str | None, mixture: np.ndarray) -> np.ndarray:
+def separate(model: str | None, mixture: np.ndarray, block_seconds: float = 12.0) -> np.ndarray:
     import birdsep
 
-    sources, _ = birdsep.separate(mixture, RATE, model=model)  # (M, T) at RATE
+    sources, _ = birdsep.separate(mixture, RATE, model=model, block_seconds=block_seconds)  # (M, T) at RATE
     residual = mixture - sources.sum(0)  # what the model's band left out (zero for a 32 kHz model)
     if np.sqrt(np.mean(residual ** 2)) > 1e-3 * np.sqrt(np.mean(mixture ** 2)):
         sources = np.concatenate([sources, residual[None]], axis=0)
@@ -213,6 +213,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--block", type=float, default=12.0,
+                    help="block length in seconds, as `birdsep separate --block` (default 12)")
     ap.add_argument("--per-bird", action="store_true", help="also print every bird's row")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write each model's summary as JSON")
     ap.add_argument("--birdnet", action="store_true", help="also score every song with BirdNET (needs birdsep[birdnet])")
@@ -235,7 +237,7 @@ def main() -> None:
     for model in args.model or [None]:
         rows, scored = [], []
         for i, scene in enumerate(scenes):
-            tracks = separate(model, scene.mixture)
+            tracks = separate(model, scene.mixture, args.block)
             scene_rows = purity(scene, tracks)
             if backend is not None:
                 banded = tracks.shape[0] > (load_model(model).config.num_sources)
