@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from birdsep.combination import (DEFAULT, DENOISED, DENOISED_FLOOR, PAPER, RAW, RULES, Rule, TrackInput, combine, logit, sigmoid,
-                                 track_levels)
+from birdsep.combination import (DEFAULT, DENOISED, DENOISED_FLOOR, DENOISED_STEADY, PAPER, RAW, RULES, Rule,
+                                 TrackInput, combine, logit, sigmoid, steady_part, track_levels)
 
 # one window (N = 1), M = 3 tracks, L = 3 species
 MIX = np.array([[0.30, 0.60, 0.05]])
@@ -125,6 +125,31 @@ def test_mix_without_its_noise_floor_track():
     assert rule.inputs == (RAW, DENOISED_FLOOR)
     with pytest.raises(ValueError):
         Rule("f", pool="mean", denoised=0.25, denoise_input=RAW)
+
+
+def test_steady_part_takes_the_floor_and_leaves_the_call():
+    """Known answer: white noise + a 0.3 s tone 14 dB over it → the steady part is the noise
+    (≥ 90 % of its energy), the call stays in what is left (≥ 90 %); the denoised input takes
+    only the steady part of the noise-floor track out of the mixture."""
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * 48000) / 48000
+    noise = 0.1 * rng.standard_normal(len(t))
+    call = 0.5 * np.sin(2 * np.pi * 3000 * t) * ((t > 1) & (t < 1.3))
+    steady = steady_part(noise + call)
+    left = noise + call - steady
+    assert steady.shape == t.shape and np.isfinite(steady).all()
+    assert np.dot(left, call) / np.dot(call, call) > 0.9  # the call is kept
+    assert np.mean((left - call)[:40000] ** 2) < 0.1 * np.mean(noise ** 2)  # the noise is taken
+    assert np.allclose(steady_part(np.zeros(8)), 0)  # too short for a frame: returned as it is
+    bird = np.zeros_like(t)
+    bird[96000:98000] = np.sin(np.arange(2000) * 0.2)  # a bird in its own track
+    tracks = np.stack([bird, noise + call]).astype(np.float32)  # the call was left in the noise track
+    mix = tracks.sum(0)
+    out = DENOISED_STEADY.apply(tracks, mix)[0]
+    assert DENOISED_STEADY.removed(tracks) == 1 and DENOISED_STEADY.rows(2) == 1
+    assert np.dot(out, call) / np.dot(call, call) > 0.9 and np.dot(out, bird) / np.dot(bird, bird) > 0.99
+    assert np.dot(DENOISED_FLOOR.apply(tracks, mix)[0], call) / np.dot(call, call) < 0.01  # "floor" loses it
+    assert DENOISED_STEADY.name == "mix without its noise-floor track's steady part"
 
 
 def test_rule_names_and_validation():

@@ -17,8 +17,8 @@ Two things are chosen, together called a :class:`Rule`:
 The candidates measured side by side, and why :data:`DEFAULT` is the default, are in
 ``docs/classify.md`` (``benchmarks/table2_real.py``): :data:`DEFAULT` adds the mixture into
 every track 15 dB under the track's level and takes a weighted mean of logits: 5/12 the mix's,
-¼ the best track's and ⅓ the mixture's without its noise-floor track. Scores are probabilities
-in [0, 1]; logits are clipped at ±15 (as the BirdNET backend clips its own).
+¼ the best track's and ⅓ the mixture's without the steady part of its noise-floor track. Scores
+are probabilities in [0, 1]; logits are clipped at ±15 (as the BirdNET backend clips its own).
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ class TrackInput:
     chosen by ``remove``: ``loudest`` (most often the recorder's noise, else a dominant bird that
     masks quieter ones) or ``floor`` (the track with the highest noise floor: the largest 20th
     percentile of its power over ~21 ms frames, i.e. the track that stays loud between calls —
-    the recorder's noise, insects, rain — rather than a calling bird).
+    the recorder's noise, insects, rain — rather than a calling bird) or ``floor-steady`` (of
+    that track only its steady part: in each frequency bin its STFT magnitude is lowered by its
+    median over the window, twice (spectral subtraction), so a call the separator left in the
+    noise track stays in the mixture).
     """
 
     mix_db: float | None = None
@@ -60,13 +63,13 @@ class TrackInput:
     remove: str = "loudest"
 
     def __post_init__(self):
-        if self.remove not in ("loudest", "floor"):
-            raise ValueError(f"remove must be 'loudest' or 'floor', not {self.remove!r}")
+        if self.remove not in REMOVALS:
+            raise ValueError(f"remove must be one of {', '.join(REMOVALS)}, not {self.remove!r}")
 
     @property
     def name(self) -> str:
         if self.denoise:
-            return "mix without its " + ("loudest track" if self.remove == "loudest" else "noise-floor track")
+            return "mix without its " + REMOVALS[self.remove]
         if self.complement:
             return "mix minus each track"
         parts = ["tracks"] + (["high band"] if self.high_band else [])
@@ -78,7 +81,10 @@ class TrackInput:
         """(M, T) sources and the (T,) mixture of one classifier window, both at the
         classifier's rate → (M, T) inputs ((1, T) with ``denoise``)."""
         if self.denoise:
-            return np.asarray(mix - tracks[self.removed(tracks)], dtype=np.float32)[None]
+            noise = tracks[self.removed(tracks)]
+            if self.remove == "floor-steady":
+                noise = steady_part(noise)
+            return np.asarray(mix - noise, dtype=np.float32)[None]
         if self.complement:
             return np.asarray(mix[None] - tracks, dtype=np.float32)
         y = tracks
@@ -97,7 +103,7 @@ class TrackInput:
         """(M, T) → the index of the track that ``denoise`` takes out of the mixture."""
         t = tracks.astype(np.float64)
         if self.remove == "loudest":
-            return int(np.argmax(np.einsum("mt,mt->m", t, t)))
+            return int(np.argmax(np.einsum("mt,mt->m", t, t)))  # "floor" and "floor-steady" below
         frame = max(1, min(FLOOR_FRAME, t.shape[1]))
         n = t.shape[1] // frame
         power = np.square(t[:, : n * frame]).reshape(len(t), n, frame).mean(-1)  # (M, n frames)
@@ -108,11 +114,34 @@ class TrackInput:
         return 1 if self.denoise else sources
 
 
+def steady_part(x: np.ndarray, n_fft: int = FLOOR_FRAME, over: float = 2.0) -> np.ndarray:
+    """(T,) → (T,): the part of ``x`` that is there all the time. In each frequency bin of its
+    STFT (Hann, ``n_fft``, ¾ overlap) the magnitude is limited to ``over`` × the bin's median
+    over the frames (what spectral subtraction takes away; 2× the median is above 94 % of a
+    steady noise's frames), phases kept; ``x`` minus it holds the calls that rise above the floor."""
+    from scipy.signal import istft, stft
+
+    x = np.asarray(x, np.float64)
+    n = min(n_fft, len(x))
+    if n < 16:
+        return x.copy()
+    _, _, z = stft(x, nperseg=n, noverlap=3 * n // 4)  # (F, frames)
+    mag = np.abs(z)
+    floor = over * np.median(mag, axis=1, keepdims=True)  # (F, 1)
+    _, y = istft(z * (np.minimum(mag, floor) / np.maximum(mag, 1e-20)), nperseg=n, noverlap=3 * n // 4)
+    return np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
+
+
+#: ``TrackInput.remove`` → what the denoised input is called
+REMOVALS = {"loudest": "loudest track", "floor": "noise-floor track", "floor-steady": "noise-floor track's steady part"}
+
 RAW = TrackInput()
 #: the mixture without its loudest track (``Rule.denoised`` by default)
 DENOISED = TrackInput(denoise=True)
 #: the mixture without the track that holds its noise floor
 DENOISED_FLOOR = TrackInput(denoise=True, remove="floor")
+#: the mixture without the steady part of that track (calls left in the noise track stay)
+DENOISED_STEADY = TrackInput(denoise=True, remove="floor-steady")
 
 
 @dataclass(frozen=True)
@@ -163,10 +192,11 @@ PAPER = Rule("max (paper)")
 #: What ``--mode mix+separated`` does by default (chosen in docs/classify.md): every track is heard
 #: with the mixture added 15 dB under the track's own level, and a species' logit is 5/12 the
 #: mix's, ¼ the best track's (the mix's instead where no track counts) and ⅓ that of the mixture
-#: without its noise-floor track (the track that stays loud between calls).
-DEFAULT = Rule("mix 15 dB under each track ¼ + mix without its noise-floor track ⅓",
+#: without the steady part of its noise-floor track (the recorder's hiss and insects taken out by
+#: spectral subtraction, any call left in that track kept).
+DEFAULT = Rule("mix 15 dB under each track ¼ + mix without its noise-floor track's steady part ⅓",
                input=TrackInput(mix_db=-15.0, under_track=True), pool="mean", track_weight=1 / 4, denoised=1 / 3,
-               denoise_input=DENOISED_FLOOR)
+               denoise_input=DENOISED_STEADY)
 #: ``--combine`` names.
 RULES = {"default": DEFAULT, "max": PAPER}
 
