@@ -67,6 +67,8 @@ CANDIDATES: list[Rule] = [
          pool="mean", track_weight=1 / 4, denoised=1 / 4, denoise_input=DENOISED_STEADY),
     Rule("mix 15 dB under each track ¼ + mix without its noise-floor track's steady part ⅓", input=MIX_UNDER,
          pool="mean", track_weight=1 / 4, denoised=1 / 3, denoise_input=DENOISED_STEADY),
+    Rule("mix 15 dB under each track ¼ + mix without its noise-floor track's steady part ½", input=MIX_UNDER,
+         pool="mean", track_weight=1 / 4, denoised=1 / 2, denoise_input=DENOISED_STEADY),
 ]
 
 
