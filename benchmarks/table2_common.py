@@ -363,6 +363,39 @@ def choose(results: list[RuleResult]) -> str | None:
 GOAL_CMAP = 0.02
 
 
+@dataclass
+class SplitHalf:
+    chosen: dict  # rule name (None: no rule qualified) → times chosen
+    held: np.ndarray  # (splits, 4) held-out gains over the mix of the rule chosen on the other half
+    fixed: dict  # rule name → (splits, 4) held-out gains of that rule, whatever was chosen
+
+
+def split_half(y: np.ndarray, recording: np.ndarray, scores: dict, splits: int, follow=(), seed: int = 0) -> SplitHalf:
+    """Choose the rule on a random half of the recordings with :func:`choose`'s criterion (point
+    estimates) and measure it on the other half, ``splits`` times. y (W, S) truth; recording (W,)
+    each window's recording; scores: name → (W, S), "mix" included."""
+    from collections import Counter
+
+    def gains(rows):
+        cols = np.flatnonzero(y[rows].any(0))
+        vals = {n: np.array(_values(metrics.score_all(y[rows][:, cols], s[rows][:, cols]))) for n, s in scores.items()}
+        return {n: vals[n] - vals["mix"] for n in scores if n != "mix"}
+
+    rng = np.random.default_rng(seed)
+    n_rec = int(recording.max()) + 1
+    chosen, held, fixed = Counter(), [], {n: [] for n in follow}
+    for _ in range(splits):
+        pick = (rng.permutation(n_rec) < n_rec // 2)[recording]  # (W,): the window's recording is in the choosing half
+        g_pick, g_test = gains(pick), gains(~pick)
+        ok = [n for n, g in g_pick.items() if np.all(g[1:] >= -TOLERANCE)]
+        best = max(ok, key=lambda n: g_pick[n][0]) if ok else None
+        chosen[best] += 1
+        held.append(g_test[best] if best else np.zeros(4))
+        for n in follow:
+            fixed[n].append(g_test[n])
+    return SplitHalf(dict(chosen), np.array(held), {n: np.array(v) for n, v in fixed.items()})
+
+
 def print_summary(names: list[str], tables: dict[str, list[RuleResult]]) -> None:
     """Gains of the named rules on each benchmark, and whether the goal is met: cmAP at least
     the mix's + 0.02 and lwlrap, d′ and top-1 not below the mix's, on every benchmark."""

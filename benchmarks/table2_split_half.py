@@ -17,13 +17,13 @@ Needs the score cache filled by ``table2_real.py`` for the same separator (then 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 
 import numpy as np
 
 import table2_common as T2
 from common import table
 from table2_real import DATA, recordings
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,36 +32,15 @@ def main() -> None:
     ap.add_argument("--rule", default=None, help="a candidate's name to follow beside the default")
     a = ap.parse_args()
     det, cache, rules = T2.start(a, DATA, "Split-half selection of the combination rule on the real recordings")
-    from birdsep import metrics
     from birdsep.combination import DEFAULT
 
     labels = det.classifier.labels
     recs, _ = recordings(labels)
     real = T2.matrices(recs, cache, labels, T2.inputs_of(rules), progress=False)
-    names = ["mix"] + [r.name for r in rules]
     scores = {"mix": real.scores("mix")} | {r.name: real.scores(r) for r in rules}  # (W, S) each
     default = next(r.name for r in rules if T2.same_rule(r, DEFAULT))
     follow = [default] + ([a.rule] if a.rule and a.rule in scores else [])
-
-    def gains(rows: np.ndarray) -> dict[str, np.ndarray]:
-        y = real.y[rows]
-        cols = np.flatnonzero(y.any(0))
-        vals = {n: np.array(T2._values(metrics.score_all(y[:, cols], scores[n][rows][:, cols]))) for n in names}
-        return {n: vals[n] - vals["mix"] for n in names if n != "mix"}
-
-    rng = np.random.default_rng(0)
-    n_rec = int(real.recording.max()) + 1
-    chosen, held, fixed = Counter(), [], {n: [] for n in follow}
-    for _ in range(a.splits):
-        half = rng.permutation(n_rec) < n_rec // 2  # recording → in the choosing half
-        pick_rows = half[real.recording]
-        g_pick, g_test = gains(pick_rows), gains(~pick_rows)
-        ok = [n for n, g in g_pick.items() if np.all(g[1:] >= -T2.TOLERANCE)]
-        best = max(ok, key=lambda n: g_pick[n][0]) if ok else None
-        chosen[best] += 1
-        held.append(g_test[best] if best else np.zeros(4))
-        for n in follow:
-            fixed[n].append(g_test[n])
+    res = T2.split_half(real.y, real.recording, scores, a.splits, follow)
 
     def row(label, values):
         v = np.array(values)
@@ -71,9 +50,10 @@ def main() -> None:
                 **dict(zip(("ΔcmAP", "Δlwlrap", "Δd′", "Δtop-1"), cells))}
 
     print(f"{len(recs)} real recordings, {a.splits} random halvings (choose on one half, measure on the other)\n")
-    table([{"rule chosen on the first half": n or "none", "times": c} for n, c in chosen.most_common()])
+    table([{"rule chosen on the first half": n or "none", "times": c}
+           for n, c in sorted(res.chosen.items(), key=lambda kv: -kv[1])])
     print()
-    table([row("the rule chosen on the other half", held)] + [row(n, fixed[n]) for n in follow])
+    table([row("the rule chosen on the other half", res.held)] + [row(n, res.fixed[n]) for n in follow])
 
 
 if __name__ == "__main__":

@@ -94,3 +94,21 @@ def test_nips4b_codes_map_to_birdnet_labels(data_dir):
     assert left["Unknown"] == "not a species" and left["Corcor"].startswith("ambiguous")
     assert "insect or frog" in left["Cicatr"]
     assert set(mapped.values()) <= set(labels) and not set(mapped) & set(left)
+
+
+def test_split_half_chooses_on_one_half_and_measures_on_the_other():
+    """Known answer: "good" adds evidence of the truth to the mix's scores, "noisy" adds noise,
+    "bad" loses top-1 (not eligible); "good" is chosen in every split and gains held out."""
+    rng = np.random.default_rng(0)
+    w, s = 400, 6
+    y = (rng.random((w, s)) < 0.3).astype(np.int8)
+    mix = np.clip(0.3 * y + rng.random((w, s)) * 0.7, 0, 1)
+    scores = {"mix": mix, "good": np.clip(mix + 0.2 * y, 0, 1), "noisy": np.clip(mix + 0.3 * rng.random((w, s)), 0, 1),
+              "bad": 1 - mix}
+    recording = np.repeat(np.arange(100), 4)  # (W,): 4 windows per recording
+    res = T2.split_half(y, recording, scores, splits=10, follow=["noisy"])
+    assert res.chosen == {"good": 10}
+    assert res.held.shape == (10, 4) and (res.held[:, 0] > 0).all()
+    assert res.fixed["noisy"].shape == (10, 4) and (res.fixed["noisy"][:, 0] < res.held[:, 0]).all()
+    none = T2.split_half(y, recording, {"mix": mix, "bad": 1 - mix}, splits=3)
+    assert none.chosen == {None: 3} and not none.held.any()
