@@ -52,3 +52,21 @@ def test_swapped_songs_keep_song_purity_and_sharing_a_track_is_counted():
         assert rows[0]["own_track"] == rows[1]["own_track"] == 0.0
     else:
         assert rows[0]["own_track"] == rows[1]["own_track"] == 1.0
+
+
+def test_notes_alternating_between_tracks_keep_frame_purity():
+    rng = np.random.default_rng(1)
+    n = 4 * TP.FRAME
+    songs = [TP.Song(0, 0, rng.standard_normal(n)), TP.Song(1, 2 * n, rng.standard_normal(n))]
+    scene = TP.Scene(np.zeros(4 * n, np.float32), songs, ["a", "b"])
+    tracks = np.zeros((3, 4 * n))
+    half = 2 * TP.FRAME  # bird a's first two frames in track 0, the last two in track 1
+    tracks[0, :half] = songs[0].signal[:half]
+    tracks[1, half:n] = songs[0].signal[half:]
+    tracks[0, 2 * n:3 * n] = 0.7 * songs[1].signal  # bird b split within every frame
+    tracks[2, 2 * n:3 * n] = 0.3 * songs[1].signal
+    a, b = TP.purity(scene, tracks)
+    first = float(songs[0].signal[:half] @ songs[0].signal[:half]) / float(songs[0].signal @ songs[0].signal)
+    assert a["frame_purity"] == pytest.approx(1.0)
+    assert a["song_purity"] == pytest.approx(max(first, 1 - first))
+    assert b["frame_purity"] == pytest.approx(0.7) and b["song_purity"] == pytest.approx(0.7)
