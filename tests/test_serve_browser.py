@@ -260,6 +260,21 @@ def test_a_corrupt_upload_shows_an_error_and_the_server_goes_on(page, server):
     assert server["proc"].poll() is None
 
 
+def test_a_file_chosen_before_the_settings_arrive_waits_for_them(page, server):
+    held = []  # /api/config held back, as on a slow machine, while a file is chosen
+    page.route("**/api/config", lambda route: held.append(route))
+    page.goto("/")
+    page.set_input_files("#file", files=[{"name": "early.wav", "mimeType": "audio/wav",
+                                          "buffer": b"RIFF\x10\x00\x00\x00WAVEfmt " + os.urandom(3000)}])
+    page.wait_for_timeout(300)
+    assert len(held) == 1 and page.locator("#error").is_hidden()  # nothing happened yet, and no script error
+    held[0].continue_()
+    page.unroute("**/api/config")
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.locator("#error .message").inner_text()
+    assert message.startswith("early.wav: cannot read audio"), message
+
+
 def test_a_path_traversal_is_refused(page, server):
     page.goto("/#/open?id=example/../../../../etc/passwd")
     page.wait_for_selector("#error:not([hidden])")

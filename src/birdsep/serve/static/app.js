@@ -12,6 +12,13 @@ window.birdsep = app; // for tests and curious users: the current view, mixer an
 
 const $ = (sel) => document.querySelector(sel);
 
+// The settings come from /api/config after the page has loaded: whatever a user does before
+// they arrive (a file dropped at once, a setting changed) waits for them, and is dropped if the
+// server cannot be reached (start() says so).
+let configured;
+const ready = new Promise((resolve) => { configured = resolve; });
+const whenReady = (fn) => async (...args) => { if (await ready) return fn(...args); };
+
 // ---------------------------------------------------------------------- errors
 function showError(message) {
   const box = $("#error");
@@ -55,13 +62,13 @@ function fillSettings(params) {
   locationShown();
 }
 
-$("#settings").addEventListener("change", () => {
+$("#settings").addEventListener("change", whenReady(() => {
   const p = new URLSearchParams(location.hash.split("?")[1] || "");
   const id = p.get("id");
   location.hash = id ? `#/open?${query({ id, ...currentSettings() })}` : `#/?${query(currentSettings())}`;
   app.ownHash = location.hash; // written from the form: routing it must not refill the form (a field
   // being typed into meanwhile would lose its text)
-});
+}));
 
 // ---------------------------------------------------------------------- routing
 async function route() {
@@ -149,7 +156,7 @@ function libraryTable(root, recordings) {
   return section;
 }
 
-async function upload(file) {
+const upload = whenReady(async (file) => {
   clearError();
   const limit = app.config.upload_limit_bytes;
   if (file.size > limit) {
@@ -164,7 +171,7 @@ async function upload(file) {
     showError(e.message);
     $("#upload-hint").textContent = "";
   }
-}
+});
 
 const drop = $("#drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -175,7 +182,7 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
 });
 $("#file").addEventListener("change", (e) => { if (e.target.files.length) upload(e.target.files[0]); e.target.value = ""; });
-$("#open-example").onclick = () => { location.hash = `#/open?${query({ id: app.config.example, ...currentSettings() })}`; };
+$("#open-example").onclick = whenReady(() => { location.hash = `#/open?${query({ id: app.config.example, ...currentSettings() })}`; });
 
 // ---------------------------------------------------------------------- a recording
 async function openRecording(id, token) {
@@ -261,8 +268,10 @@ async function start() {
     app.config = await get("/api/config");
   } catch (e) {
     showError(`cannot reach birdsep's server: ${e.message}`);
+    configured(false);
     return;
   }
+  configured(true);
   window.addEventListener("hashchange", route);
   setInterval(watchJobs, 2000);
   watchJobs();
