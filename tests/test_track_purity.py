@@ -70,3 +70,23 @@ def test_notes_alternating_between_tracks_keep_frame_purity():
     assert a["frame_purity"] == pytest.approx(1.0)
     assert a["song_purity"] == pytest.approx(max(first, 1 - first))
     assert b["frame_purity"] == pytest.approx(0.7) and b["song_purity"] == pytest.approx(0.7)
+
+
+def test_oracle_merge_joins_a_split_bird_and_keeps_birds_apart():
+    scene = _scene([(0, 0), (0, 2000), (1, 4000)])
+    tracks = _tracks(scene, [{0: 0.6, 1: 0.4}, {0: 0.5, 1: 0.5}, {2: 1.0}])  # bird a split over tracks 0 and 1
+    tracks[2, 6000:] += 0.5  # the background, with bird b
+    merged = TP.oracle_merge(scene, tracks, block=3000)
+    assert merged.shape == (3, 10000)
+    np.testing.assert_allclose(merged.sum(0), tracks.sum(0))  # nothing lost or added
+    a, b = TP.purity(scene, merged)
+    assert a["song_purity"] == pytest.approx(1.0) and a["track"] == 0
+    assert b["track"] == 1 and b["song_purity"] == pytest.approx(1.0)  # block 3000–6000: bird b's row
+    assert merged[2, 6000:9000] == pytest.approx(0.5)  # after b: the background's row
+
+
+def test_oracle_merge_leaves_a_part_held_by_another_bird():
+    scene = _scene([(0, 0), (1, 0)])  # both birds at once
+    tracks = _tracks(scene, [{0: 0.8, 1: 0.2}, {1: 1.0}])  # a fifth of bird a sits in bird b's track
+    a, b = TP.purity(scene, TP.oracle_merge(scene, tracks, block=10000))
+    assert a["song_purity"] == pytest.approx(0.8, abs=0.05) and b["song_purity"] == pytest.approx(1.0, abs=0.05)
