@@ -194,10 +194,10 @@ def test_classify_batch_bad_files_resume_and_jobs(data_dir, tmp_path, capsys):
     assert "2 file(s) already classified" in capsys.readouterr().out
     assert (out / "robin.birdsep.results.csv").stat().st_mtime_ns == stamp
 
-    # mix only with a species list: only the robin, all from the mix
+    # mix only with a species list, BirdNET by default (no --classifier): only the robin, all from the mix
     species = tmp_path / "species.txt"
     species.write_text("European Robin\n")
-    assert main(["classify", str(clip), "-o", str(tmp_path / "mix"), "--classifier", "birdnet", "--mode", "mix",
+    assert main(["classify", str(clip), "-o", str(tmp_path / "mix"), "--mode", "mix",
                  "--species-list", str(species), "-q"]) == 0
     rows = read_table(tmp_path / "mix" / "robin.birdsep.results.csv")
     assert rows and {d.species for d in rows} == {ROBIN_LABEL} and {d.channel for d in rows} == {"mix"}

@@ -309,8 +309,8 @@ def _add_classify(sub) -> None:
     p.add_argument("inputs", nargs="+", help="audio files or folders (recursive)")
     p.add_argument("-o", "--out", default="detections", help="output folder (default: ./detections)")
     _alias(p, "--output", "out")
-    p.add_argument("--classifier", required=True, metavar="birdnet|RUN_DIR",
-                   help="'birdnet' (needs the birdnet extra) or a train-classifier run directory")
+    p.add_argument("--classifier", default="birdnet", metavar="birdnet|RUN_DIR",
+                   help="'birdnet' (the default; needs the birdnet extra) or a train-classifier run directory")
     p.add_argument("--mode", default="mix+separated", choices=["mix", "separated", "mix+separated"],
                    help="score the mix, the separated tracks, or both (default mix+separated)")
     p.add_argument("--combine", default="default",
