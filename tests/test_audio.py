@@ -80,3 +80,10 @@ def test_list_files_and_missing_inputs(tmp_path):
         files.find_audio([tmp_path / "none.wav"])
     assert files.output_path(tmp_path / "in" / "a" / "b.wav", tmp_path / "in", tmp_path / "out") == \
         tmp_path / "out" / "a" / "b"
+
+
+def test_amount_reads_in_the_unit_of_the_total():
+    assert audio.amount(4.24, 10.0) == "4.2/10.0 s"
+    assert audio.amount(90.0, 720.0) == "1.5/12.0 min"
+    assert audio.amount(900.0, 5400.0) == "0.25/1.50 h"
+    assert audio.amount(7200.0) == "2.00 h" and audio.amount(0.0) == "0.0 s"

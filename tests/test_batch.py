@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdsep.batch import ERROR_LOG, Done, amount_of_audio, run_batch
+from birdsep.batch import ERROR_LOG, Done, run_batch
 from birdsep.errors import AudioError
 
 
@@ -66,13 +66,6 @@ def test_progress_bar_counts_hours_within_files(inputs, tmp_path, capsys):
     assert s.exit_code == 0
     err = capsys.readouterr().err
     assert "testing" in err and "3.0/3.0 s of audio" in err and "2/2 files" in err
-
-
-def test_amount_of_audio_reads_in_the_unit_of_the_total():
-    assert amount_of_audio(4.24, 10.0) == "4.2/10.0 s"
-    assert amount_of_audio(90.0, 720.0) == "1.5/12.0 min"
-    assert amount_of_audio(900.0, 5400.0) == "0.25/1.50 h"
-    assert amount_of_audio(7200.0) == "2.00 h" and amount_of_audio(0.0) == "0.0 s"
 
 
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):

@@ -34,6 +34,15 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+def amount(done: float, total: float | None = None) -> str:
+    """``done`` (of ``total``) seconds of audio in the unit the larger reads best in:
+    ``"4.2/10.0 s"``, ``"3.5/12.0 min"``, ``"0.25/1.50 h"``."""
+    scale = total if total is not None else done
+    unit, per, digits = ("s", 1.0, 1) if scale < 60 else ("min", 60.0, 1) if scale < 3600 else ("h", 3600.0, 2)
+    text = f"{done / per:.{digits}f}" + (f"/{total / per:.{digits}f}" if total is not None else "")
+    return f"{text} {unit}"
+
+
 def info(path: str | os.PathLike, min_duration: float = 0.0) -> AudioInfo:
     """Header information; raises :class:`AudioError` for unreadable, empty or too short files."""
     try:

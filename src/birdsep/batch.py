@@ -173,15 +173,6 @@ class _Processes:
 # ----------------------------------------------------------------------------- progress
 
 
-def amount_of_audio(done: float, total: float | None = None) -> str:
-    """``done`` (of ``total``) seconds of audio in the unit the larger reads best in:
-    ``"4.2/10.0 s"``, ``"3.5/12.0 min"``, ``"0.25/1.50 h"``."""
-    scale = total if total is not None else done
-    unit, per, digits = ("s", 1.0, 1) if scale < 60 else ("min", 60.0, 1) if scale < 3600 else ("h", 3600.0, 2)
-    text = f"{done / per:.{digits}f}" + (f"/{total / per:.{digits}f}" if total is not None else "")
-    return f"{text} {unit}"
-
-
 class _Bar:
     """Hours of audio done of the batch's total, and files done, with the time left."""
 
@@ -218,10 +209,12 @@ class _Bar:
         self._show()
 
     def _show(self) -> None:
+        from birdsep import audio
+
         t = self.tqdm
         if t.disable:
             return
-        t.set_postfix_str(f"{amount_of_audio(t.n, t.total)} of audio, {self.done_files}/{self.files} files"
+        t.set_postfix_str(f"{audio.amount(t.n, t.total)} of audio, {self.done_files}/{self.files} files"
                           + (f", {self.failed} failed" if self.failed else ""), refresh=False)
         t.refresh()
 

@@ -54,9 +54,9 @@ def _quiet_flag(p) -> None:
 
 def _batch_summary(verb: str, s, out: str) -> int:
     """The last line of a batch command that writes into a folder; exit code 1 if any file failed."""
-    from birdsep.batch import amount_of_audio
+    from birdsep import audio
 
-    print(f"{verb} {len(s.done)} file(s) ({amount_of_audio(s.hours * 3600)}) into {out}; {len(s.skipped)} already done; "
+    print(f"{verb} {len(s.done)} file(s) ({audio.amount(s.hours * 3600)}) into {out}; {len(s.skipped)} already done; "
           + (f"{len(s.others)} by another run on {out}; " if s.others else "")
           + f"{len(s.failed)} failed" + (f" (see {out}/errors.log)" if s.failed else ""))
     return s.exit_code

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from birdsep import batches, training
+from birdsep import audio, batches, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
@@ -126,7 +126,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
         training.say(f"skipped {line}")
     if not index.recordings:
         raise UsageError("no usable audio in " + " ".join(data))
-    training.say(f"training on {len(index.recordings)} recordings, {index.hours:.2f} h; "
+    training.say(f"training on {len(index.recordings)} recordings, {audio.amount(index.hours * 3600)}; "
                  f"model {design} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
     training.write_run(options_file, {
         "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": [os.path.abspath(d) for d in data],
