@@ -64,6 +64,26 @@ def test_train_kill_resume_evaluate(data_dir, tmp_path):
     assert -30 < rep["momi_mean"] < 30 and 0 <= rep["active_sources_mean"] <= 4
 
 
+def test_sigterm_to_the_whole_process_group_ends_after_the_step_with_a_checkpoint(data_dir, tmp_path):
+    """``kill -TERM -- -PGID`` (a scheduler ending its job, a container stopping) reaches the
+    loader worker too: the run still ends after its current step, checkpointed, on one line."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "birdsep.cli", "train-separator", str(data_dir / "xc" / "veery"), "--out", str(run),
+           "--steps", "1000", "--checkpoint-every", "500", "-q", *FAST[:-4], "--workers", "1", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run / "logs" / "csv").rglob("metrics.csv")):
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(3.0)  # a few steps in, far from the first periodic checkpoint
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    stopped = last_step(run)
+    assert 0 < stopped < 500 and err.strip().splitlines()[-1].endswith(
+        f"stopped at step {stopped} of 1000; carry on with --resume"), err[-1000:]
+
+
 def test_eval_is_deterministic(data_dir, tmp_path):
     args = ["eval-separator", data_dir / "xc" / "blackcap", "--mixtures", "3", "--clip-seconds", "2"]
     a = birdsep(*args, "--json", tmp_path / "a.json")

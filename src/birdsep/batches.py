@@ -37,7 +37,16 @@ class StepBatches(torch.utils.data.IterableDataset):
             yield self.draw(place, np.random.default_rng([self.seed, place]))
 
 
+def _leave_sigterm_to_the_trainer(worker: int) -> None:
+    """A loader worker ignores SIGTERM. ``kill -- -PGID``, a batch scheduler ending its job or a
+    container stopping send it to every process at once; the trainer then finishes its step,
+    writes its checkpoint and shuts its workers down, rather than dying mid-step on a lost worker."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def loader(draw: Draw, seed: int, first_step: int, workers: int) -> torch.utils.data.DataLoader:
     """A DataLoader of :class:`StepBatches` (``draw`` makes whole batches)."""
     return torch.utils.data.DataLoader(StepBatches(draw, seed, first_step), batch_size=None, num_workers=workers,
-                                       persistent_workers=workers > 0)
+                                       persistent_workers=workers > 0, worker_init_fn=_leave_sigterm_to_the_trainer)

@@ -15,7 +15,7 @@ import re
 import sys
 
 from birdsep import __version__, training
-from birdsep.errors import InputError, UsageError, require
+from birdsep.errors import InputError, Stopped, UsageError, require
 from birdsep.separation import runtime
 
 DESCRIPTION = ("Separate bird songs out of field recordings with unsupervised mixture invariant training (MixIT), "
@@ -450,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"birdsep {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"birdsep {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Stopped):  # a Stopped run has said where it stopped
+            print(f"birdsep {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         import os

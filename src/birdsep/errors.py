@@ -6,6 +6,9 @@
     │                       a species list, a taxonomy CSV, a missing optional extra
     └── StorageError        an output cannot be written: the disk (or the user's quota) is full
 
+``Stopped`` (a ``KeyboardInterrupt``) is a run the user stopped that has already said so on
+one line (where it stopped, how to carry on): the command exits with 130 and adds nothing.
+
 A command stops on an ``InputError`` with exit code 2; a batch reports an ``InputError``
 raised for one of its files as that file's line in ``errors.log`` and goes on. Anything else
 is an internal error (a bug): a batch logs its traceback. This module imports nothing heavy.
@@ -47,6 +50,10 @@ class StorageError(InputError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by the user (Ctrl-C, SIGTERM) that has already said where it stopped."""
+
+
 def require(module: str, extra: str, what: str) -> None:
     """Raise a one-line UsageError when ``module`` (from the optional ``extra``) is not installed."""
     import importlib.util
@@ -55,4 +62,4 @@ def require(module: str, extra: str, what: str) -> None:
         raise UsageError(f'{what} needs the {extra} extra: pip install "birdsep[{extra}]"')
 
 
-__all__ = ["InputError", "AudioError", "UsageError", "StorageError", "require"]
+__all__ = ["InputError", "AudioError", "UsageError", "StorageError", "Stopped", "require"]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, NamedTuple
 
 from birdsep import files
-from birdsep.errors import StorageError, UsageError
+from birdsep.errors import StorageError, Stopped, UsageError
 
 if TYPE_CHECKING:
     from birdsep.classification.augment import AugmentConfig
@@ -393,7 +393,7 @@ def make_trainer(opts: TrainOptions, root: Path, checkpoints: Path, callbacks: l
 def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
     """``trainer.fit``, resuming from ``resume``. A full disk is one :class:`StorageError`
     line; a run stopped before its last step (Ctrl-C, SIGTERM) says so on one line and raises
-    ``KeyboardInterrupt``."""
+    :class:`~birdsep.errors.Stopped`."""
     with resumable_writes():
         try:
             trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
@@ -401,7 +401,7 @@ def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
             pass
     if trainer.global_step < trainer.max_steps:
         say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
-        raise KeyboardInterrupt
+        raise Stopped
 
 
 @contextmanager
