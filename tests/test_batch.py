@@ -1,6 +1,7 @@
 """The batch runner on its own: skipping finished files, the error log, exit codes, worker
 processes, printing commands, and missing inputs that create nothing."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -66,6 +67,20 @@ def test_progress_bar_counts_hours_within_files(inputs, tmp_path, capsys):
     assert s.exit_code == 0
     err = capsys.readouterr().err
     assert "testing" in err and "3.0/3.0 s of audio" in err and "2/2 files" in err
+
+
+def test_progress_bar_stops_at_its_total_when_a_file_decodes_longer_than_its_header(inputs, capsys):
+    from birdsep.batch import _Bar
+
+    a, b = inputs / "a.wav", inputs / "sub" / "b.wav"
+    bar = _Bar([a, b], enabled=True, verb="testing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm warns when its fraction leaves [0, 1]
+        bar.progress(str(a), 0.5)
+        bar.finish(str(a), 1.3, 0)  # an MP3 can decode longer than its header says
+        bar.finish(str(b), 2.2, 0)
+    assert bar.tqdm.n == pytest.approx(3.0) and "3.0/3.0 s of audio, 2/2 files" in capsys.readouterr().err
+    bar.close()
 
 
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):

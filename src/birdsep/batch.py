@@ -197,16 +197,20 @@ class _Bar:
             return
         delta = max(0.0, min(1.0, fraction) * self.seconds.get(path, 0.0) - self.partial.get(path, 0.0))
         self.partial[path] = self.partial.get(path, 0.0) + delta
-        self.tqdm.update(delta)
+        self._advance(delta)
         self._show()
 
     def finish(self, path: str, seconds: float | None, failed: int) -> None:
         """``seconds`` of audio done (None: the file's whole length, done by another run)."""
         seconds = self.seconds.get(path, 0.0) if seconds is None else seconds
-        self.tqdm.update(max(0.0, seconds - self.partial.pop(path, 0.0)))
+        self._advance(seconds - self.partial.pop(path, 0.0))
         self.finished.add(path)
         self.done_files, self.failed = self.done_files + 1, failed
         self._show()
+
+    def _advance(self, seconds: float) -> None:
+        """Never past the total: a decoded file can run a little longer than its header said (MP3)."""
+        self.tqdm.update(max(0.0, min(seconds, self.tqdm.total - self.tqdm.n)))
 
     def _show(self) -> None:
         from birdsep import audio
