@@ -178,6 +178,35 @@ def test_interrupted_batch_resumes(data_dir, tmp_path):
         assert (inputs / f.name).read_bytes() == f.read_bytes()
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_to_the_process_group_ends_a_batch_as_ctrl_c_does(data_dir, tmp_path, jobs):
+    """``kill -TERM -- -PGID`` (a scheduler ending its job): one line, exit code 130, no
+    temporary files left, finished files kept, and a re-run does the rest."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*.flac"))[:8]:
+        x, sr = sf.read(f, dtype="float32")
+        sf.write(inputs / f.name, np.tile(x, 6), sr)  # 1 min each: the signal lands within a file
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "birdsep", "separate", str(inputs), "-o", str(out), "-q", "--threads", "1",
+           "-j", str(jobs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("*/separation.json")):
+        time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "birdsep separate: interrupted"
+    assert not list(out.rglob(".*.tmp")), "temporary files removed"
+    finished = len(list(out.glob("*/separation.json")))
+    assert 1 <= finished < 8
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and f"{finished} already done" in r.stdout, r.stderr[-1000:]
+    assert len(list(out.glob("*/separation.json"))) == 8
+
+
 def test_parallel_jobs_and_bad_inputs(data_dir, tmp_path, capsys):
     inputs = [data_dir / "soundscapes" / "pennsylvania" / f"aru_{i}.flac" for i in (1, 2, 3)]
     bad = tmp_path / "corrupt.wav"

@@ -21,12 +21,19 @@ A command supplies ``make_worker(*args)``, a top-level function returning
 ``target_for(file, root)`` and ``is_done(target)``. A command that prints instead (one table
 on stdout) gives ``out=None`` and returns its rows in :attr:`Done.lines`; the runner prints
 them, after ``header``.
+
+SIGTERM (``kill``, a scheduler ending its job, a container stopping) ends a batch as Ctrl-C
+does, in this process and in its worker processes: the files in flight are abandoned with
+their temporary files, finished ones are kept, and the command says "interrupted" on one
+line (exit code 130); a re-run carries on.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -124,6 +131,23 @@ class _Here:
         pass
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Within: SIGTERM raises KeyboardInterrupt, as Ctrl-C does (where signals can be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 _worker: Work | None = None
 _progress_queue = None
 
@@ -132,6 +156,7 @@ def _init_worker(make_worker, args, threads: int, queue) -> None:
     global _worker, _progress_queue
     import torch
 
+    signal.signal(signal.SIGTERM, _interrupt)
     torch.set_num_threads(threads)
     _worker, _progress_queue = make_worker(*args), queue
 
@@ -267,6 +292,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
             else:
                 todo.append((f, target))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_ctrl_c())
         # the workers first: a cluster that cannot be reached stops the command before it writes anything
         executor = stack.enter_context(_executor(todo, make_worker, worker_args, work, jobs, threads, cluster,
                                                  device)) if todo else None
