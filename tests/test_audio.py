@@ -71,6 +71,35 @@ def _umask() -> int:
     return mask
 
 
+def test_an_output_the_file_system_refuses_is_one_line_naming_it(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from birdsep.errors import StorageError
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    with pytest.raises(StorageError, match=r"notes.txt: cannot be written: it is a file, not a folder$"):
+        files.make_folder(blocker)
+    with pytest.raises(StorageError, match=r"notes.txt/out: cannot be written: .*notes.txt is a file, not a folder$"):
+        files.make_folder(blocker / "out")
+    with pytest.raises(StorageError, match=r"x.json: cannot be written: .*notes.txt is a file, not a folder$"):
+        files.write_json(blocker / "sub" / "x.json", {})
+    assert files.file_in_the_way(blocker / "a" / "b") is not None and files.file_in_the_way(tmp_path / "new") is None
+    assert blocker.read_text() == "mine" and files.make_folder(tmp_path / "a" / "b").is_dir()
+
+    def refused(self, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(StorageError, match=r"c: cannot be written: permission denied$"):
+        files.make_folder(tmp_path / "c")
+    monkeypatch.undo()
+    # anything else is not the user's to fix, and is not hidden behind one line
+    assert files.storage_error(tmp_path, ValueError("a bug")) is None
+    assert files.storage_error(tmp_path, OSError(errno.EIO, "Input/output error")) is None
+
+
 def test_list_files_and_missing_inputs(tmp_path):
     (tmp_path / "l.txt").write_text("a\n# note\n\nb  # why\na\n")
     assert files.read_list(tmp_path / "l.txt", "list") == ["a", "b"]

@@ -80,3 +80,23 @@ def test_missing_input_creates_nothing(command, tmp_path, capsys):
         pytest.skip("the birdnet extra is not installed")
     assert code == 1 and "missing.wav: no such file or folder" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["separate", "classify", "train-separator"])
+@pytest.mark.parametrize("under", [False, True])
+def test_an_output_folder_that_is_a_file_is_one_line(command, under, tmp_path, capsys):
+    """-o / --out naming a file of the user's (or a folder under one): exit 2, one line, the file untouched."""
+    import numpy as np
+    import soundfile as sf
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32), 16000)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    out = mine / "run" if under else mine
+    extra = {"classify": ["--mode", "mix"], "train-separator": ["--steps", "1"]}.get(command, [])
+    code = main([command, str(clip), "--out", str(out), "-q", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"birdsep {command}: error: {out}: cannot be written: ") and "is a file, not a folder" in err[0]
+    assert mine.read_text() == "mine"

@@ -44,7 +44,7 @@ from typing import Callable, TextIO
 
 from birdsep.claims import BUSY, FAILED, MINE, Claims
 from birdsep.errors import InputError
-from birdsep.files import find_audio
+from birdsep.files import file_in_the_way, find_audio, make_folder
 
 ERROR_LOG = "errors.log"
 MAX_TRIES = 3  # a file whose worker died this many times is reported as failed, not tried again
@@ -291,13 +291,15 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
                 summary.skipped.append(str(f))
             else:
                 todo.append((f, target))
+    if out is not None and todo and (in_the_way := file_in_the_way(out)) is not None:
+        raise in_the_way  # before a model loads or a cluster starts
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_as_ctrl_c())
         # the workers first: a cluster that cannot be reached stops the command before it writes anything
         executor = stack.enter_context(_executor(todo, make_worker, worker_args, work, jobs, threads, cluster,
                                                  device)) if todo else None
         if out is not None and todo:
-            out.mkdir(parents=True, exist_ok=True)  # only when there is something to write into it
+            make_folder(out)  # only when there is something to write into it
         bar = _Bar([f for f, _ in todo], progress, verb)
         stack.callback(bar.close)
 

@@ -4,7 +4,8 @@
     ├── AudioError          an audio file: unreadable, empty, too short, NaN-filled …
     ├── UsageError          what was asked for: an option, a model or run folder, a table,
     │                       a species list, a taxonomy CSV, a missing optional extra
-    └── StorageError        an output cannot be written: the disk (or the user's quota) is full
+    └── StorageError        an output cannot be written: the disk (or the user's quota) is full,
+                            no permission, a read-only file system, a file where a folder goes
 
 ``Stopped`` (a ``KeyboardInterrupt``) is a run the user stopped that has already said so on
 one line (where it stopped, how to carry on): the command exits with 130 and adds nothing.
@@ -41,7 +42,8 @@ class UsageError(InputError):
 
 
 class StorageError(InputError):
-    """An output cannot be written because its file system is full; ``str(err)`` is ``<path>: <reason>``.
+    """An output cannot be written (a full file system or quota, no permission, read-only, a file
+    where a folder should be); ``str(err)`` is ``<path>: <reason>``.
     The file's previous version, if any, is intact (every write is atomic)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -55,6 +55,45 @@ def temp_beside(final: str | os.PathLike) -> Path:
 
 #: errno values of a full file system or quota
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: errno values of an output its file system refuses: no permission, a read-only file system,
+#: a file where a folder should be (or a folder where a file should be)
+REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` with its parents (nothing if it is there); one
+    :class:`StorageError` line naming it when that cannot be done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = storage_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
+    return path
+
+
+def storage_error(final: str | os.PathLike, exc: BaseException) -> StorageError | None:
+    """The one line for an output its file system will not take (full, refused), else None."""
+    full = full_disk(exc)
+    if full is not None:
+        return StorageError(final, f"cannot be written: {os.strerror(full.errno).lower()}")
+    if not isinstance(exc, OSError) or exc.errno not in REFUSED:
+        return None
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and (in_the_way := file_in_the_way(final)) is not None:
+        return in_the_way
+    return StorageError(final, f"cannot be written: {os.strerror(exc.errno).lower()}")
+
+
+def file_in_the_way(folder: str | os.PathLike) -> StorageError | None:
+    """The error when ``folder``, or a folder above it, is a file (checked without creating anything)."""
+    folder = Path(folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is None:
+        return None
+    return StorageError(folder, "cannot be written: " + ("it is a file, not a folder" if blocking == folder
+                                                         else f"{blocking} is a file, not a folder"))
 
 
 @contextmanager
@@ -77,10 +116,10 @@ def atomic(final: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
                 os.close(fd)
         os.replace(tmp, final)
     except Exception as exc:
-        full = full_disk(exc)
-        if full is not None:
-            raise StorageError(final, f"cannot be written: {os.strerror(full.errno).lower()}") from None
-        raise
+        error = storage_error(final, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

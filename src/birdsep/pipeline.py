@@ -141,7 +141,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
     # consistency shares its own, so that the stored tracks still sum to the input.
     share_residual = sr_out == sr_in and sr_in < sr_model
 
-    folder.mkdir(parents=True, exist_ok=True)
+    files.make_folder(folder)
     files.remove_stale_temps(folder)  # left by an interrupted earlier run
     names = [f"source_{k + 1}.{opts.format}" for k in range(m)] + [f"high_band.{opts.format}"] * keep_high_band
     expected = int(round(meta.frames * sr_out / sr_in))

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from birdsep import audio, batches, training
+from birdsep import audio, batches, files, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
@@ -120,7 +120,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     if opts.references ** config.num_sources > MAX_ASSIGNMENTS:
         raise UsageError(f"--references {opts.references} with {config.num_sources} sources makes "
                          f"{opts.references ** config.num_sources} MixIT assignments (at most {MAX_ASSIGNMENTS})")
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_folder(out)
     index = RecordingIndex.build(data, opts.exclude, cache=out / "data_index.json", progress=opts.progress)
     for line in index.skipped:
         training.say(f"skipped {line}")
