@@ -425,3 +425,7 @@ def test_cli_serve_prints_its_address_and_listens_on_loopback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "birdsep", "serve", "--root", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "notes.txt").write_text("mine")
+    bad = subprocess.run([sys.executable, "-m", "birdsep", "serve", "--out", str(tmp_path / "notes.txt")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is a file, not a folder" in bad.stderr

@@ -111,6 +111,8 @@ class Library:
         from birdsep.pretrained import EXAMPLE_RECORDING, shipped_separators
 
         out = Path(out).resolve()
+        if (in_the_way := files.file_in_the_way(out)) is not None:
+            raise in_the_way
         labels: dict[str, Root] = {}
         for r in roots:
             folder = Path(r)
