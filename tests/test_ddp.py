@@ -73,7 +73,7 @@ def test_two_processes_killed_and_resumed_to_the_exact_step(data_dir, tmp_path):
     assert killed_at >= 3 and killed_at % 3 == 0
     first = tmp_path / "first"
     different_data(first, killed=True)
-    assert max(steps(first, 0)) >= killed_at
+    assert max(steps(first, 0)) >= killed_at - 1  # the checkpoint of step k is written after training step k - 1
     assert writers(first) == {0}  # checkpoints come from rank 0 only
 
     done = subprocess.run(command(data_dir, run, "--devices", 2, "--steps", killed_at + 4, "--checkpoint-every", 3,
