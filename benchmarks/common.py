@@ -43,6 +43,26 @@ def table(rows: list[dict]) -> None:
     print()
 
 
+_MEASURE = """
+import resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(rc, wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+"""
+
+
+def measure(cmd: list[str]) -> tuple[str, float, int, float]:
+    """Run ``cmd`` as a process of its own: exit code, wall seconds, the peak resident memory
+    of the largest process it waited for (kB) and the CPU seconds of all of them."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, cmd)], capture_output=True, text=True)
+    rc, wall, rss_kb, cpu = res.stdout.split()
+    return rc, float(wall), int(rss_kb), float(cpu)
+
+
 def best_of(fn, repeats: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()

@@ -17,27 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import soundfile as sf
 
-from common import header, table
+from common import header, measure, table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = DATA / "soundscapes" / "pennsylvania" / "dawn_chorus_1min.flac"
-
-MEASURE = """
-import resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
-wall = time.perf_counter() - t
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(rc, wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
-"""
-
 
 def make_recording(path: Path, minutes: float) -> None:
     x, sr = sf.read(SOURCE, dtype="float32")
@@ -84,10 +73,9 @@ def main():
                     out = tmp / f"out_{minutes:g}"
                     cmd = [sys.executable, "-m", "birdsep", "separate", str(rec), "-o", str(out), "-q", *flags,
                            *args.extra]
-                    res = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True)
-                    rc, wall, rss_kb, cpu = res.stdout.split()
+                    rc, wall, rss_kb, cpu = measure(cmd)
                     meta = json.loads((out / rec.stem / "separation.json").read_text()) if rc == "0" else {}
-                    runs[label].append((float(wall), rc, float(cpu), int(rss_kb), meta))
+                    runs[label].append((wall, rc, cpu, rss_kb, meta))
                     shutil.rmtree(out, ignore_errors=True)
             for label, got in runs.items():
                 got.sort(key=lambda r: r[0])

@@ -83,6 +83,32 @@ def test_progress_bar_stops_at_its_total_when_a_file_decodes_longer_than_its_hea
     bar.close()
 
 
+def test_plan_jobs_runs_enough_audio_on_every_core_and_little_here(tmp_path, monkeypatch):
+    from birdsep import batch
+
+    def clips(n: int, seconds: float) -> list:
+        folder = tmp_path / f"{n}x{seconds:g}"
+        folder.mkdir()
+        for k in range(n):
+            sf.write(folder / f"{k}.wav", np.zeros(int(seconds * 100), np.float32), 100)
+        return sorted(folder.iterdir())
+
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(batch, "_memory", lambda: 64 << 30)
+    many_long, few_short = clips(6, 450), clips(6, 10)
+    assert batch.plan_jobs(many_long, None, "cpu") == 4  # 45 min: a worker per core
+    assert batch.plan_jobs(many_long, None, "cpu", threads=2) == 2  # a worker per 2 cores
+    assert batch.plan_jobs(many_long[:3], None, "cpu") == 3  # never more workers than files
+    assert batch.plan_jobs(few_short, None, "cpu") == 1  # 1 min: not worth starting workers
+    assert batch.plan_jobs(many_long[:1], None, "cpu") == 1
+    assert batch.plan_jobs(many_long, 3, "cuda") == 3 and batch.plan_jobs(few_short, 5, "cpu") == 5  # -j wins
+    assert batch.plan_jobs(many_long, None, "cuda") == 1
+    monkeypatch.setattr(batch, "_memory", lambda: 5 << 30)
+    assert batch.plan_jobs(many_long, None, "cpu") == 2  # 2 GiB of memory for each
+    monkeypatch.setattr(batch, "_memory", lambda: 0)  # the system does not say
+    assert batch.plan_jobs(many_long, None, "cpu") == 1
+
+
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):
     out = tmp_path / "out"
     s = _run([str(tmp_path / "nothing.wav"), str(tmp_path)], out)  # a missing file; a folder without audio

@@ -103,6 +103,52 @@ def threads_per_job(threads: int | None, jobs: int | None, cluster: str | None =
     return 1 if cluster is not None else max(1, (os.cpu_count() or 1) // max(1, jobs or 1))
 
 
+#: Less audio than this runs in this process unless ``-j`` says otherwise: starting worker
+#: processes (each imports PyTorch and loads its models, a few seconds) would cost more than
+#: they save (benchmarks/batch_jobs.py).
+AUTO_JOBS_MIN_SECONDS = 20 * 60
+#: Memory set aside for each worker process when ``-j`` is chosen here (a separator, or a
+#: classifier with its separator, and the audio in flight: ≈ 0.9 GB measured).
+AUTO_JOBS_BYTES = 2 << 30
+
+
+def plan_jobs(files: list[Path], jobs: int | None, device: str, threads: int | None = None) -> int:
+    """``-j``'s default on this machine: ``jobs`` if given; else, on the CPU, with more than one
+    file and at least :data:`AUTO_JOBS_MIN_SECONDS` of audio, one worker process per core (per
+    ``threads`` cores when given), at most one per :data:`AUTO_JOBS_BYTES` of memory and one
+    per file. A process of one thread keeps its core busier than one process of several
+    threads: decoding, resampling and writing run on one thread (benchmarks/batch_jobs.py).
+    On a GPU (``device`` cuda, or auto with one): 1."""
+    if jobs is not None:
+        return jobs
+    import torch
+
+    if device == "cuda" or device == "auto" and torch.cuda.is_available():
+        return 1
+    from birdsep import audio
+
+    cap = min(len(files), max(1, (os.cpu_count() or 1) // max(1, threads or 1)), max(1, _memory() // AUTO_JOBS_BYTES))
+    if cap < 2:
+        return 1
+    seconds = 0.0
+    for f in files:  # stops as soon as there is enough audio to be worth the workers
+        try:
+            seconds += audio.info(f).duration
+        except InputError:
+            continue
+        if seconds >= AUTO_JOBS_MIN_SECONDS:
+            return cap
+    return 1
+
+
+def _memory() -> int:
+    """This machine's memory in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 # ----------------------------------------------------------------------------- executors
 # Each has ``free`` (files it can take now), ``busy`` (files in flight), ``submit(path, target)``
 # and ``poll(timeout, progress) -> [Result | Lost]``, and is a context manager.
@@ -346,7 +392,7 @@ def _executor(todo, make_worker, worker_args, work, jobs, threads, cluster, devi
 
         return RayExecutor(cluster, make_worker, worker_args, jobs=jobs, threads=threads_per_job(threads, jobs, cluster),
                            device=device, files=len(todo))
-    jobs = max(1, min(jobs or 1, len(todo)))
+    jobs = max(1, min(plan_jobs([f for f, _ in todo], jobs, device, threads), len(todo)))
     if jobs > 1:
         return _Processes(jobs, make_worker, worker_args, threads_per_job(threads, jobs))
     if threads:

@@ -68,7 +68,8 @@ RAY_ADDRESS = re.compile(r"^(local|auto|(ray://)?[\w.\-]+:\d+|(ray://)?\[[0-9a-f
 def _batch_flags(p, verb: str) -> None:
     """-j, --threads and --ray of the commands that run over many files (:mod:`birdsep.batch`)."""
     p.add_argument("-j", "--jobs", type=int, default=None,
-                   help=f"files {verb} in parallel (default 1; with --ray: as many as the cluster holds)")
+                   help=f"files {verb} in parallel (default: one per core for 20 min of audio or more on the CPU, "
+                        "else 1; with --ray: as many as the cluster holds)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per job (default: this machine's cores ÷ jobs; 1 per Ray worker)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from birdsep import audio, combination, files
-from birdsep.batch import BatchSummary, Done, run_batch, threads_per_job
+from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
 from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combined, write_outputs
@@ -65,7 +65,7 @@ class ClassifyOptions:
     precision: str = "auto"
     tracks: str | None = "separated"  # where birdsep separate's tracks are looked for (and kept)
     keep_tracks: bool = False
-    jobs: int | None = 1  # None: 1 here, or as many Ray workers as the cluster holds
+    jobs: int | None = 1  # None: chosen here (batch.plan_jobs), or as many Ray workers as the cluster holds
     threads: int | None = None
     progress: bool = True
     ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
@@ -361,7 +361,7 @@ class Detector:
 
         self.opts = opts
         self.rt = rt or Runtime(runtime.resolve_device(opts.device), "fp32", "no separator")
-        self.classifier = load_classifier(opts.classifier, threads=opts.threads or 1)
+        self.classifier = load_classifier(opts.classifier, threads=opts.threads or _torch_threads())
         labels = self.classifier.labels
         self.keep = location_mask(labels, opts) if opts.location else species_mask(labels, opts.species_list)
         self.rule = rule_for(opts.mode, opts.combine)
@@ -437,6 +437,13 @@ class Detector:
 
 
 
+def _torch_threads() -> int:
+    """The threads this process was given (a batch worker's share of the cores, or --threads)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | None = None):
     """Load the classifier (and separator) once per process; return work(path, base, progress) -> Done."""
     runtime.tune_allocator()
@@ -456,14 +463,12 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     # a bad classifier, separator, species list or device fails here, before any file
     detector = Detector(opts) if opts.ray is None else Detector(opts, Runtime(reason="checked only"))
     out = Path(opts.out)
-    threads = threads_per_job(opts.threads, opts.jobs, opts.ray)
-    worker_opts = ClassifyOptions(**{**opts.__dict__, "threads": threads})
     rt = detector.rt if opts.ray is None else None
     done_here = partial(is_done, rtype=opts.rtype)
     summary = run_batch(inputs, out, target_for=lambda f, root: files.output_path(f, root, out), is_done=done_here,
-                        make_worker=_detector_worker, worker_args=(worker_opts, rt), jobs=opts.jobs, threads=threads,
+                        make_worker=_detector_worker, worker_args=(opts, rt), jobs=opts.jobs, threads=opts.threads,
                         progress=opts.progress, verb="classifying", past="classified",
-                        work=_detector_worker(worker_opts, rt, detector) if opts.ray is None else None,
+                        work=_detector_worker(opts, rt, detector) if opts.ray is None else None,
                         cluster=opts.ray, device=opts.device)
     done = [(f, Path(base), audio.info(f).duration) for f, base in summary.targets if done_here(Path(base))]
     if done:

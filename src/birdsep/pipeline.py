@@ -53,7 +53,7 @@ class SeparateOptions:
     bits: int = 24  # 16 | 24 (integer) | 32 (float, wav only)
     plot: bool = False
     video: bool = False
-    jobs: int | None = 1  # None: 1 here, or as many Ray workers as the cluster holds
+    jobs: int | None = 1  # None: chosen here (batch.plan_jobs), or as many Ray workers as the cluster holds
     threads: int | None = None
     progress: bool = True
     ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
