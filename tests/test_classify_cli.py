@@ -116,6 +116,9 @@ def test_evaluate_hand_made_tables(tmp_path):
                  "--truth", str(truth), "--json", str(out)]) == 0
     blob = json.loads(out.read_text())
     assert len(blob["rows"]) == 2 and blob["rows"][0]["lwlrap"] == pytest.approx(0.8333, abs=1e-4)
+    table = evaluate([str(pred), str(pred / "f1.birdsep.selection.table.txt")], [str(truth)]).table().splitlines()
+    assert table[2].startswith(str(pred) + " ") or table[2].startswith("…")  # whole names, the longest cut at 60
+    assert all(len(line) == len(table[0]) for line in table[1:4]) and "f1.birdsep.selection.table.txt" in table[3]
     assert main(["evaluate", "--pred", str(tmp_path / "nowhere"), "--truth", str(truth)]) == 2
 
 

@@ -71,10 +71,12 @@ class Evaluation:
     files: int
 
     def table(self) -> str:
-        head = f"{'predictions':<30} {'cmAP':>6} {'lwlrap':>7} {'d′':>6} {'top-1':>6}"
+        names = [name if len(name) <= 60 else "…" + name[-59:] for name, _ in self.rows]
+        width = max([len("predictions"), *map(len, names)])
+        head = f"{'predictions':<{width}} {'cmAP':>6} {'lwlrap':>7} {'d′':>6} {'top-1':>6}"
         lines = [head, "-" * len(head)]
-        for name, s in self.rows:
-            lines.append(f"{name[-30:]:<30} {s.cmap:6.3f} {s.lwlrap:7.3f} {s.dprime:6.2f} {s.top1:6.3f}")
+        for name, (_, s) in zip(names, self.rows):
+            lines.append(f"{name:<{width}} {s.cmap:6.3f} {s.lwlrap:7.3f} {s.dprime:6.2f} {s.top1:6.3f}")
         s = self.rows[0][1] if self.rows else None
         if s:
             lines.append(f"{self.files} file(s), {s.windows} windows of {self.window:g} s ({s.labelled_windows} with "
