@@ -109,6 +109,42 @@ def test_plan_jobs_runs_enough_audio_on_every_core_and_little_here(tmp_path, mon
     assert batch.plan_jobs(many_long, None, "cpu") == 1
 
 
+def test_every_input_gets_outputs_of_its_own(tmp_path):
+    from birdsep.batch import distinct_targets
+    from birdsep.files import find_audio, output_path
+
+    out = tmp_path / "out"
+    for name in ("site1/20240501_050000.WAV", "site1/20240501_051000.WAV", "site2/20240501_050000.WAV",
+                 "site3/deep/a.wav", "site3/a.flac", "site3/a.wav", "other/site1/20240501_050000.WAV"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+
+    def place(*items):
+        placed, errors = distinct_targets(find_audio([tmp_path / i for i in items]),
+                                          lambda f, root: output_path(f, root, out))
+        return {str(f.relative_to(tmp_path)): str(t.relative_to(out)) for f, t in placed}, errors
+
+    # nothing in common: outputs mirror each folder as before
+    assert place("site1", "site3/deep") == ({"site1/20240501_050000.WAV": "20240501_050000",
+                                             "site1/20240501_051000.WAV": "20240501_051000",
+                                             "site3/deep/a.wav": "a"}, [])
+    # two recorders, the same file names: each folder keeps its files under its own name
+    assert place("site1", "site2") == ({"site1/20240501_050000.WAV": "site1/20240501_050000",
+                                        "site1/20240501_051000.WAV": "site1/20240501_051000",
+                                        "site2/20240501_050000.WAV": "site2/20240501_050000"}, [])
+    assert place("site1/20240501_050000.WAV", "site2/20240501_050000.WAV")[0] == {
+        "site1/20240501_050000.WAV": "site1/20240501_050000", "site2/20240501_050000.WAV": "site2/20240501_050000"}
+    # one name, two formats, in one folder: the whole file names
+    assert place("site3")[0] == {"site3/a.flac": "a.flac", "site3/a.wav": "a.wav", "site3/deep/a.wav": "deep/a"}
+    # a file given twice (itself and its folder) is done once
+    assert place("site1", "site1/20240501_050000.WAV")[0] == place("site1")[0]
+    # two folders of the same name: the first file keeps the place, the other gets a line
+    placed, errors = place("site1", "other/site1")
+    assert placed == {"site1/20240501_050000.WAV": "site1/20240501_050000",
+                      "site1/20240501_051000.WAV": "site1/20240501_051000"}
+    assert len(errors) == 1 and errors[0].startswith(str(tmp_path / "other/site1/20240501_050000.WAV") + ": its outputs")
+
+
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):
     out = tmp_path / "out"
     s = _run([str(tmp_path / "nothing.wav"), str(tmp_path)], out)  # a missing file; a folder without audio

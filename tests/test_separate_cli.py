@@ -207,6 +207,22 @@ def test_sigterm_to_the_process_group_ends_a_batch_as_ctrl_c_does(data_dir, tmp_
     assert len(list(out.glob("*/separation.json"))) == 8
 
 
+def test_two_recorders_with_the_same_file_names(data_dir, tmp_path):
+    """AudioMoths name files by date and time: two sites' folders given together each keep
+    their outputs under their own name, and a second run finds them all done."""
+    clips = sorted((data_dir / "soundscapes" / "jura_forest_24h").glob("*.flac"))[:2]
+    for site, clip in zip(("site1", "site2"), clips):
+        (tmp_path / site).mkdir()
+        shutil.copy(clip, tmp_path / site / "20240501_050000.flac")
+    out = tmp_path / "out"
+    args = ["separate", str(tmp_path / "site1"), str(tmp_path / "site2"), "-o", str(out), "-q", "--threads", "1"]
+    assert main(args) == 0
+    done = {p.parent.relative_to(out).as_posix(): json.loads(p.read_text())["input"] for p in out.rglob("separation.json")}
+    assert done == {"site1/20240501_050000": str(tmp_path / "site1" / "20240501_050000.flac"),
+                    "site2/20240501_050000": str(tmp_path / "site2" / "20240501_050000.flac")}
+    assert main(args) == 0 and len(list(out.rglob("separation.json"))) == 2
+
+
 def test_parallel_jobs_and_bad_inputs(data_dir, tmp_path, capsys):
     inputs = [data_dir / "soundscapes" / "pennsylvania" / f"aru_{i}.flac" for i in (1, 2, 3)]
     bad = tmp_path / "corrupt.wav"

@@ -322,21 +322,24 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
     summary, started = BatchSummary(), time.time()
     todo: list[tuple[Path, Path | None]] = []
     missing: list[str] = []
+    found: list[tuple[Path, Path]] = []
     for item in inputs:
         try:
-            found = find_audio([item])
+            here = find_audio([item])
         except InputError as exc:
             missing.append(str(exc))
             continue
-        if Path(item).is_dir() and not found:
+        if Path(item).is_dir() and not here:
             missing.append(f"{item}: no audio files in this folder")
-        for f, root in found:
-            target = target_for(f, root) if target_for else None
-            summary.targets.append((str(f), str(target) if target is not None else None))
-            if is_done and is_done(target):
-                summary.skipped.append(str(f))
-            else:
-                todo.append((f, target))
+        found += here
+    placed, clashes = distinct_targets(found, target_for)
+    missing += clashes
+    for f, target in placed:
+        summary.targets.append((str(f), str(target) if target is not None else None))
+        if is_done and is_done(target):
+            summary.skipped.append(str(f))
+        else:
+            todo.append((f, target))
     if out is not None and todo and (in_the_way := file_in_the_way(out)) is not None:
         raise in_the_way  # before a model loads or a cluster starts
     with contextlib.ExitStack() as stack:
@@ -384,6 +387,50 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
             claims = stack.enter_context(Claims(out, started)) if out is not None and target_for else None
             _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix)
     return summary
+
+
+def distinct_targets(found: list[tuple[Path, Path]], target_for: Callable[[Path, Path], Path] | None
+                     ) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    """Each input file once, with an output target of its own: ``[(file, target)]`` and an error
+    line for each file whose outputs would land on another's.
+
+    Targets mirror each file's path below the folder it was found in (its root). Recorders
+    name their files alike (AudioMoth: by date and time), so two roots can give two files the
+    same target: then every root among them keeps its files in a folder of its own name
+    (``OUT/site1/…``, ``OUT/site2/…``). Two files of one folder that differ only by extension
+    (``x.wav``, ``x.flac``) keep theirs under their whole names (``OUT/x.wav/``, ``OUT/x.flac/``).
+    What still clashes (two roots of the same name) is refused for all but the first file. A
+    file given twice (itself and its folder) is done once."""
+    seen: set[Path] = set()
+    unique = []
+    for f, root in found:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append((f, root))
+    if target_for is None:
+        return [(f, None) for f, _ in unique], []
+
+    def sharing(targets: list[Path], key) -> dict[Path, set]:
+        """Each target given to several files → the ``key``s of those files."""
+        groups: dict[Path, set] = {}
+        for (f, root), t in zip(unique, targets):
+            groups.setdefault(t, set()).add(key(f, root))
+        return groups
+
+    targets = [target_for(f, root) for f, root in unique]
+    roots_apart = set().union(*(roots for roots in sharing(targets, lambda f, root: root).values() if len(roots) > 1))
+    targets = [target_for(f, root.parent) if root in roots_apart else t for (f, root), t in zip(unique, targets)]
+    by_format = {t for t, suffixes in sharing(targets, lambda f, root: f.suffix.lower()).items() if len(suffixes) > 1}
+    targets = [t.with_name(t.name + f.suffix) if t in by_format else t for (f, _), t in zip(unique, targets)]
+    placed, errors, taken = [], [], {}
+    for (f, _), t in zip(unique, targets):
+        if t in taken:
+            errors.append(f"{f}: its outputs would go where those of {taken[t]} go ({t}); "
+                          "rename one, or run them into different output folders")
+        else:
+            taken[t] = f
+            placed.append((f, t))
+    return placed, errors
 
 
 def _executor(todo, make_worker, worker_args, work, jobs, threads, cluster, device):
