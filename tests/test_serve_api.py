@@ -429,3 +429,16 @@ def test_cli_serve_prints_its_address_and_listens_on_loopback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "birdsep", "serve", "--out", str(tmp_path / "notes.txt")],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is a file, not a folder" in bad.stderr
+
+
+def test_two_formats_of_one_recording_keep_results_of_their_own(tmp_path):
+    """x.wav beside x.flac: the page names their results as `birdsep separate ROOT` does."""
+    root = tmp_path / "field"
+    _wav(root / "x.wav", 1.0)
+    _wav(root / "x.flac", 1.0, seed=1)
+    _wav(root / "y.wav", 1.0)
+    lib = Library.create([root], tmp_path / "out", classifiers=[])
+    s = lib.defaults
+    folders = {n: lib.separated_dir(lib.resolve(f"field/{n}"), s).name for n in ("x.wav", "x.flac", "y.wav")}
+    assert folders == {"x.wav": "x.wav", "x.flac": "x.flac", "y.wav": "y"}
+    assert lib.detections_base(lib.resolve("field/x.wav"), s) != lib.detections_base(lib.resolve("field/x.flac"), s)

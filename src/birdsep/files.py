@@ -190,6 +190,13 @@ def relative_stem(path: Path, root: Path) -> str:
     return str(rel.with_suffix(""))
 
 
+def has_format_twin(path: Path) -> bool:
+    """Whether ``path``'s folder holds an audio file of the same name in another format
+    (``x.wav`` beside ``x.flac``): then outputs are named after the whole file name."""
+    others = {e for ext in AUDIO_EXTENSIONS for e in (ext, ext.upper())} - {path.suffix.lower(), path.suffix.upper()}
+    return any(path.with_suffix(e).is_file() for e in others)
+
+
 def output_path(path: Path, root: Path, out: Path) -> Path:
     """Where the outputs of input ``path`` (found under ``root``) go in ``out``: ``out/a/b``."""
     return out / relative_stem(path, root)

@@ -63,7 +63,9 @@ class Recording:
 
     @property
     def stem(self) -> str:
-        return files.relative_stem(self.path, self.root.folder)
+        """What its outputs are named after: as ``birdsep separate ROOT`` names them."""
+        stem = files.relative_stem(self.path, self.root.folder)
+        return stem + self.path.suffix if files.has_format_twin(self.path) else stem
 
 
 #: The tables the page writes and offers for download (those of ``birdsep classify``'s default --rtype).
