@@ -111,6 +111,18 @@ def test_list_files_and_missing_inputs(tmp_path):
         tmp_path / "out" / "a" / "b"
 
 
+def test_folder_scans_leave_separated_tracks_out(tmp_path):
+    for name in ("site/a.wav", "site/separated/a/source_1.flac", "site/separated/a/high_band.flac",
+                 "site/separated/b/source_1.flac", "site/sub/c.WAV"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "site/separated/a/separation.json").write_text("{}")  # b: not finished, still audio to a scan
+    found = [f.relative_to(tmp_path).as_posix() for f, _ in files.find_audio([tmp_path / "site"])]
+    assert found == ["site/a.wav", "site/separated/b/source_1.flac", "site/sub/c.WAV"]
+    named = tmp_path / "site/separated/a/source_1.flac"
+    assert files.find_audio([named]) == [(named, named.parent)]  # a file named on its own is taken
+
+
 def test_amount_reads_in_the_unit_of_the_total():
     assert audio.amount(4.24, 10.0) == "4.2/10.0 s"
     assert audio.amount(90.0, 720.0) == "1.5/12.0 min"

@@ -145,6 +145,16 @@ def test_every_input_gets_outputs_of_its_own(tmp_path):
     assert len(errors) == 1 and errors[0].startswith(str(tmp_path / "other/site1/20240501_050000.WAV") + ": its outputs")
 
 
+def test_a_rerun_in_the_recordings_own_folder_leaves_its_outputs_out(inputs, capsys):
+    out = inputs / "out"  # -o inside the folder being scanned
+    first = _run([str(inputs)], out)
+    assert len(first.done) == 2
+    (out / "a" / "half_written.wav").write_bytes((inputs / "a.wav").read_bytes())  # an output, no marker
+    again = _run([str(inputs)], out)
+    assert sorted(again.skipped) == sorted(first.done) and not again.done  # nothing new: no output taken as input
+    assert not _run([str(inputs / "sub")], out, also_written=(inputs / "sub",)).targets  # another folder written to
+
+
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):
     out = tmp_path / "out"
     s = _run([str(tmp_path / "nothing.wav"), str(tmp_path)], out)  # a missing file; a folder without audio

@@ -308,8 +308,12 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
               jobs: int | None = 1, threads: int | None = None, progress: bool = True, verb: str = "processing",
               past: str = "done", work: Work | None = None, header: str | None = None,
               stream: TextIO | None = None, prefix: str = "", cluster: str | None = None,
-              device: str = "cpu") -> BatchSummary:
+              device: str = "cpu", also_written: tuple[str | Path, ...] = ()) -> BatchSummary:
     """Run the command's work over ``inputs`` (see the module doc).
+
+    Audio found by scanning a folder is left out when it lies in ``out`` or in one of
+    ``also_written`` (other folders the command writes into): a re-run in the recordings'
+    own folder must not take its outputs for recordings.
 
     ``work``, if given, is used in this process instead of building one (a caller that has
     already loaded its model to check it); worker processes always build their own. Error
@@ -322,6 +326,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
     summary, started = BatchSummary(), time.time()
     todo: list[tuple[Path, Path | None]] = []
     missing: list[str] = []
+    written = [Path(o).resolve() for o in [out, *also_written] if o is not None]
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         try:
@@ -329,8 +334,10 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
         except InputError as exc:
             missing.append(str(exc))
             continue
-        if Path(item).is_dir() and not here:
-            missing.append(f"{item}: no audio files in this folder")
+        if Path(item).is_dir():  # what birdsep writes is not an input, even half-written
+            here = [(f, root) for f, root in here if not any(f.resolve().is_relative_to(o) for o in written)]
+            if not here:
+                missing.append(f"{item}: no audio files in this folder")
         found += here
     placed, clashes = distinct_targets(found, target_for)
     missing += clashes

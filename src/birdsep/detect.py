@@ -469,7 +469,7 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
                         make_worker=_detector_worker, worker_args=(opts, rt), jobs=opts.jobs, threads=opts.threads,
                         progress=opts.progress, verb="classifying", past="classified",
                         work=_detector_worker(opts, rt, detector) if opts.ray is None else None,
-                        cluster=opts.ray, device=opts.device)
+                        cluster=opts.ray, device=opts.device, also_written=(opts.tracks,) if opts.tracks else ())
     done = [(f, Path(base), audio.info(f).duration) for f, base in summary.targets if done_here(Path(base))]
     if done:
         write_combined(out, done, opts.rtype)

@@ -31,6 +31,9 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64"}
 )
 
+#: Written last into each folder of separated tracks; folder scans leave such folders' audio out.
+RESULT_NAME = "separation.json"
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -167,13 +170,23 @@ def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
     """Expand files and folders (recursively) into ``(file, root)`` pairs, sorted.
 
     ``root`` is the folder the user named (or the file's parent), so that outputs can mirror
-    the input tree. A missing path raises :class:`UsageError`.
+    the input tree. Inside folders, the tracks of a finished separation (a folder holding
+    :data:`RESULT_NAME`) are outputs, not recordings, and are left out; a file named on its
+    own is always taken. A missing path raises :class:`UsageError`.
     """
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += [(f, p) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+            tracks: dict[Path, bool] = {}  # folder → holds birdsep's separated tracks
+
+            def separated(folder: Path) -> bool:
+                if folder not in tracks:
+                    tracks[folder] = (folder / RESULT_NAME).is_file()
+                return tracks[folder]
+
+            found += [(f, p) for f in sorted(p.rglob("*"))
+                      if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file() and not separated(f.parent)]
         elif p.is_file():
             found.append((p, p.parent))
         else:

@@ -37,7 +37,7 @@ from birdsep.separation.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-RESULT_NAME = "separation.json"
+RESULT_NAME = files.RESULT_NAME
 
 
 @dataclass(frozen=True)
