@@ -152,7 +152,10 @@ def test_a_rerun_in_the_recordings_own_folder_leaves_its_outputs_out(inputs, cap
     (out / "a" / "half_written.wav").write_bytes((inputs / "a.wav").read_bytes())  # an output, no marker
     again = _run([str(inputs)], out)
     assert sorted(again.skipped) == sorted(first.done) and not again.done  # nothing new: no output taken as input
-    assert not _run([str(inputs / "sub")], out, also_written=(inputs / "sub",)).targets  # another folder written to
+    assert [t for t, _ in _run([str(inputs)], out, also_written=(inputs / "sub",)).targets] == \
+        [str(inputs / n) for n in ("a.wav", "bad.wav", "bug.wav")]  # another folder the command writes into
+    # -o the scanned folder itself (or a folder above it): its recordings are still recordings
+    assert [t for t, _ in _run([str(inputs / "sub")], inputs / "sub").targets] == [str(inputs / "sub" / "b.wav")]
 
 
 def test_missing_inputs_create_no_folder_and_no_log(tmp_path, capsys):

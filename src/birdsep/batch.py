@@ -312,8 +312,9 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
     """Run the command's work over ``inputs`` (see the module doc).
 
     Audio found by scanning a folder is left out when it lies in ``out`` or in one of
-    ``also_written`` (other folders the command writes into): a re-run in the recordings'
-    own folder must not take its outputs for recordings.
+    ``also_written`` (other folders the command writes into) inside that folder: a re-run in
+    the recordings' own folder must not take its outputs for recordings. (With ``-o`` the
+    scanned folder itself, finished outputs are still left out by their separation.json.)
 
     ``work``, if given, is used in this process instead of building one (a caller that has
     already loaded its model to check it); worker processes always build their own. Error
@@ -334,8 +335,10 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
         except InputError as exc:
             missing.append(str(exc))
             continue
-        if Path(item).is_dir():  # what birdsep writes is not an input, even half-written
-            here = [(f, root) for f, root in here if not any(f.resolve().is_relative_to(o) for o in written)]
+        if Path(item).is_dir():  # what birdsep writes into a folder inside this one is not an input, even half-written
+            scanned = Path(item).resolve()
+            inside = [o for o in written if o != scanned and o.is_relative_to(scanned)]
+            here = [(f, root) for f, root in here if not any(f.resolve().is_relative_to(o) for o in inside)]
             if not here:
                 missing.append(f"{item}: no audio files in this folder")
         found += here
