@@ -442,3 +442,16 @@ def test_two_formats_of_one_recording_keep_results_of_their_own(tmp_path):
     folders = {n: lib.separated_dir(lib.resolve(f"field/{n}"), s).name for n in ("x.wav", "x.flac", "y.wav")}
     assert folders == {"x.wav": "x.wav", "x.flac": "x.flac", "y.wav": "y"}
     assert lib.detections_base(lib.resolve("field/x.wav"), s) != lib.detections_base(lib.resolve("field/x.flac"), s)
+
+
+def test_results_kept_inside_the_root_are_not_listed_as_recordings(tmp_path):
+    """`birdsep serve --root . ` run where the results go (the default -o .): the library lists
+    the recordings, not the separated tracks nor the page's own folder."""
+    root = tmp_path / "field"
+    _wav(root / "dawn.wav", 1.0)
+    track = root / "separated" / "dawn"
+    _wav(track / "source_1.wav", 1.0)
+    (track / "separation.json").write_text("{}")
+    _wav(root / "birdsep-serve" / "uploads" / "files" / "0a" / "up.wav", 1.0)
+    lib = Library.create([root], root, classifiers=[])
+    assert [r["id"] for r in lib.listing("field", lib.defaults)] == ["field/dawn.wav"]

@@ -264,8 +264,11 @@ class Library:
         if root is None:
             raise NotFound(f"{label}: no such folder is served")
         found = []
+        own = (self.out / SERVE_DIR).resolve()  # uploads and the example's results, listed under their own labels
         for dirpath, dirnames, filenames in os.walk(root.folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (Path(dirpath) / d).resolve() != own)
+            if files.RESULT_NAME in filenames:  # separated tracks (results kept inside the root): not recordings
+                continue
             for name in sorted(filenames):
                 if Path(name).suffix.lower() not in files.AUDIO_EXTENSIONS or name.startswith("."):
                     continue
