@@ -112,7 +112,7 @@ class RecordingIndex:
             fresh[key] = entry
             if "error" in entry:
                 skipped.append(f"{f}: {entry['error']}")
-                log.warning("skipping %s: %s", f, entry["error"])
+                log.debug("skipping %s: %s", f, entry["error"])
             else:
                 recordings.append(ScannedRecording(**entry))
         if cache is not None:
