@@ -100,3 +100,11 @@ def test_an_output_folder_that_is_a_file_is_one_line(command, under, tmp_path, c
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"birdsep {command}: error: {out}: cannot be written: ") and "is a file, not a folder" in err[0]
     assert mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("rate", ["7", "22.05", "1000000", "fast"])
+def test_an_output_rate_out_of_range_is_one_line(rate, tmp_path, capsys):
+    assert main(["separate", str(tmp_path / "x.wav"), "-o", str(tmp_path / "out"), "--sample-rate", rate]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"birdsep separate: error: --sample-rate must be 'native' or a rate in Hz from 1000 to 768000 "
+                   f"(e.g. 22050), not '{rate}'"] and not (tmp_path / "out").exists()

@@ -123,8 +123,9 @@ def _add_separate(sub) -> None:
         from birdsep.pipeline import SeparateOptions, separate_batch
 
         _check_batch_flags(a)
-        if a.sample_rate != "native" and not a.sample_rate.isdigit():
-            raise UsageError(f"--sample-rate must be 'native' or a number of Hz, not {a.sample_rate!r}")
+        if a.sample_rate != "native" and not (a.sample_rate.isdigit() and 1000 <= int(a.sample_rate) <= 768000):
+            raise UsageError(f"--sample-rate must be 'native' or a rate in Hz from 1000 to 768000 (e.g. 22050), "
+                             f"not {a.sample_rate!r}")
         if not 0 < a.overlap <= 0.5 or a.block_seconds <= 0:
             raise UsageError("--block must be positive and --block-overlap in (0, 0.5]")
         s = separate_batch(a.inputs, options_from(SeparateOptions, a, plot=a.plot or a.video))
