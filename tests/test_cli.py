@@ -108,3 +108,12 @@ def test_an_output_rate_out_of_range_is_one_line(rate, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"birdsep separate: error: --sample-rate must be 'native' or a rate in Hz from 1000 to 768000 "
                    f"(e.g. 22050), not '{rate}'"] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["separate", "x.wav", "--block", "nan"], ["classify", "x.wav", "--window", "inf"],
+                                  ["classify", "x.wav", "--min_conf", "NaN"], ["species", "--lat", "nan", "--lon", "0"],
+                                  ["train-separator", "d", "--out", "r", "--sparsity=-inf"]])
+def test_numbers_must_be_finite(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and "invalid number value" in capsys.readouterr().err

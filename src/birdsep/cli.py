@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import re
 import sys
 
@@ -34,6 +35,14 @@ class _OldName(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"birdsep: {option_string} is now {self.new} (the old name goes in the next release)", file=sys.stderr)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def number(text: str) -> float:
+    """A finite number (an argparse type): 'nan' and 'inf' are refused as any other non-number is."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def old_name(p, old: str, new: str, **kw) -> None:
@@ -104,11 +113,11 @@ def _add_separate(sub) -> None:
     p.add_argument("-o", "--out", default="separated", help="output folder (default: ./separated)")
     p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
     p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
-    p.add_argument("--block", dest="block_seconds", type=float, default=12.0,
+    p.add_argument("--block", dest="block_seconds", type=number, default=12.0,
                    help="block length in seconds for long files (default 12)")
-    p.add_argument("--block-overlap", dest="overlap", type=float, default=0.125,
+    p.add_argument("--block-overlap", dest="overlap", type=number, default=0.125,
                    help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
-    old_name(p, "--overlap", "--block-overlap", dest="overlap", type=float)
+    old_name(p, "--overlap", "--block-overlap", dest="overlap", type=number)
     runtime.add_flags(p)
     p.add_argument("--format", default="flac", choices=["flac", "wav"], help="the tracks' file format (default flac)")
     p.add_argument("--bits", type=int, default=24, choices=[16, 24, 32],
@@ -141,22 +150,22 @@ def _add_train_separator(sub) -> None:
     p.add_argument("--preset", default="stft",
                    help="design: stft (default: 32 kHz STFT masks, the shipped models' design) | stft-wide | small | paper")
     p.add_argument("--sources", type=int, default=None, help="number of output sources M (default: the preset's)")
-    p.add_argument("--clip-seconds", type=float, default=None, help="mixture length (default: the preset's)")
+    p.add_argument("--clip-seconds", type=number, default=None, help="mixture length (default: the preset's)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip files matching this glob (repeatable)")
     p.add_argument("--exclude-from", action="append", default=[], metavar="FILE",
                    help="skip files matching any glob listed in FILE (one per line, # comments; repeatable)")
-    p.add_argument("--sparsity", type=float, default=0.0,
+    p.add_argument("--sparsity", type=number, default=0.0,
                    help="weight of a loss that keeps one sound in one output (ℓ1/ℓ2 of source levels; default 0)")
     p.add_argument("--references", type=int, default=2, metavar="N",
                    help="reference mixtures summed into some training inputs (default 2, the paper's MixIT); "
                         "with N = the number of sources no output is spare, so splitting what one window holds "
                         "over two outputs costs loss")
-    p.add_argument("--references-share", type=float, default=0.5, metavar="P",
+    p.add_argument("--references-share", type=number, default=0.5, metavar="P",
                    help="share of the batches that have N references when N > 2 (default 0.5; the rest have 2)")
-    p.add_argument("--noise-share", type=float, default=0.0, metavar="P",
+    p.add_argument("--noise-share", type=number, default=0.0, metavar="P",
                    help="share of the mixtures whose last reference is stationary noise shaped like a window's "
                         "noise floor (default 0): MixIT then wants birds apart from the noise in their band")
-    p.add_argument("--song-share", type=float, default=0.0, metavar="P",
+    p.add_argument("--song-share", type=number, default=0.0, metavar="P",
                    help="share of the batches that are scenes of known sources instead of MoMs (default 0): "
                         "1 to M-1 songs cut from the recordings over a background, trained with a "
                         "permutation-invariant loss that counts a song split over two outputs as an error")
@@ -181,7 +190,7 @@ def _add_eval_separator(sub) -> None:
     p.add_argument("data", nargs="+", help="held-out audio files or folders")
     p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
     p.add_argument("--mixtures", type=int, default=100, help="number of mixtures of mixtures")
-    p.add_argument("--clip-seconds", type=float, default=6.0)
+    p.add_argument("--clip-seconds", type=number, default=6.0)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
@@ -264,8 +273,8 @@ def _add_detect_activity(sub) -> None:
     p.add_argument("files", nargs="+", help="audio files or folders (recursive)")
     p.add_argument("--max-windows", type=int, default=5, help="at most this many windows per file (default 5)")
     old_name(p, "--windows", "--max-windows", dest="max_windows", type=int)
-    p.add_argument("--window", type=float, default=6.0, help="window length in seconds (default 6)")
-    old_name(p, "--seconds", "--window", dest="window", type=float)
+    p.add_argument("--window", type=number, default=6.0, help="window length in seconds (default 6)")
+    old_name(p, "--seconds", "--window", dest="window", type=number)
 
     def run(a):
         from birdsep.classification.activity import detect_activity_files
@@ -294,16 +303,16 @@ def _rtypes(values: list[str]) -> tuple[str, ...]:
 
 def _add_location(p, required: bool = False) -> None:
     """BirdNET-Analyzer's --lat/--lon/--week/--sf-thresh (its metadata model's species list)."""
-    p.add_argument("--lat", type=float, default=None, required=required,
+    p.add_argument("--lat", type=number, default=None, required=required,
                    help="latitude (decimal degrees, -90..90): only species BirdNET's metadata model expects there"
                         + ("" if required else " (needs --lon)"))
-    p.add_argument("--lon", type=float, default=None, required=required,
+    p.add_argument("--lon", type=number, default=None, required=required,
                    help="longitude (decimal degrees, -180..180)")
     p.add_argument("--week", type=int, default=-1,
                    help="week of the year, 1..48 (four a month), or -1 for the whole year (default -1)")
-    p.add_argument("--sf-thresh", type=float, default=0.03,
+    p.add_argument("--sf-thresh", type=number, default=0.03,
                    help="lowest occurrence score for the location filter, 0.0001..0.99 (default 0.03)")
-    _alias(p, "--sf_thresh", "sf_thresh", type=float)
+    _alias(p, "--sf_thresh", "sf_thresh", type=number)
 
 
 def _add_classify(sub) -> None:
@@ -318,12 +327,12 @@ def _add_classify(sub) -> None:
     p.add_argument("--combine", default="default",
                    help="how mix+separated pools the scores: birdsep's default rule, or the paper's max over the mix "
                         "and every track (see docs/classify.md)")
-    p.add_argument("--window", type=float, default=5.0, help="window length in seconds (default 5)")
-    p.add_argument("--overlap", type=float, default=0.0,
+    p.add_argument("--window", type=number, default=5.0, help="window length in seconds (default 5)")
+    p.add_argument("--overlap", type=number, default=0.0,
                    help="seconds shared by consecutive windows, 0 <= overlap < window (default 0)")
-    p.add_argument("--min-conf", type=float, default=0.1, help="lowest confidence written, 0..1 (default 0.1)")
-    _alias(p, "--min_conf", "min_conf", type=float)
-    p.add_argument("--sensitivity", type=float, default=1.0,
+    p.add_argument("--min-conf", type=number, default=0.1, help="lowest confidence written, 0..1 (default 0.1)")
+    _alias(p, "--min_conf", "min_conf", type=number)
+    p.add_argument("--sensitivity", type=number, default=1.0,
                    help="detection sensitivity as in BirdNET-Analyzer, 0.5..1.5: higher values shift every score up "
                         "(default 1)")
     p.add_argument("--species-list", default=None, metavar="FILE",
@@ -388,7 +397,7 @@ def _add_evaluate(sub) -> None:
                    help="predictions: a CSV or Raven table, or a folder of them (repeat for one row each)")
     p.add_argument("--truth", required=True, nargs="+", metavar="TRUTH",
                    help="annotations: Raven selection tables or CSV (file, start, end, species), or folders")
-    p.add_argument("--window", type=float, default=5.0, help="scoring window in seconds (default 5)")
+    p.add_argument("--window", type=number, default=5.0, help="scoring window in seconds (default 5)")
     p.add_argument("--species-list", default=None, metavar="FILE", help="also score these species (one per line)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
 
@@ -412,7 +421,7 @@ def _add_serve(sub) -> None:
                         "as birdsep separate and classify write them)")
     p.add_argument("--classifier", action="append", default=None, metavar="birdnet|RUN_DIR",
                    help="classifiers the page offers (repeatable; default: birdnet when its extra is installed)")
-    p.add_argument("--max-upload-mb", type=float, default=1024, help="largest upload accepted (default 1024 MB)")
+    p.add_argument("--max-upload-mb", type=number, default=1024, help="largest upload accepted (default 1024 MB)")
     runtime.add_flags(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the work")
 
