@@ -123,6 +123,17 @@ def test_folder_scans_leave_separated_tracks_out(tmp_path):
     assert files.find_audio([named]) == [(named, named.parent)]  # a file named on its own is taken
 
 
+def test_the_temporary_files_of_one_target_are_removed_and_no_others(tmp_path):
+    target = tmp_path / "site" / "x"
+    target.mkdir(parents=True)
+    for name in ("x/.source_1.flac.ab12.tmp", ".x.birdsep.results.csv.cd34.tmp", ".xy.birdsep.results.csv.ef56.tmp",
+                 "x/source_2.flac"):
+        (tmp_path / "site" / name).write_bytes(b"")
+    files.remove_temps_of(target)
+    left = sorted(p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("*") if p.is_file())
+    assert left == [".xy.birdsep.results.csv.ef56.tmp", "x/source_2.flac"]
+
+
 def test_amount_reads_in_the_unit_of_the_total():
     assert audio.amount(4.24, 10.0) == "4.2/10.0 s"
     assert audio.amount(90.0, 720.0) == "1.5/12.0 min"

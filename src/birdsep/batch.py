@@ -44,7 +44,7 @@ from typing import Callable, TextIO
 
 from birdsep.claims import BUSY, FAILED, MINE, Claims
 from birdsep.errors import InputError
-from birdsep.files import file_in_the_way, find_audio, make_folder
+from birdsep.files import file_in_the_way, find_audio, make_folder, remove_temps_of
 
 ERROR_LOG = "errors.log"
 MAX_TRIES = 3  # a file whose worker died this many times is reported as failed, not tried again
@@ -354,6 +354,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
         raise in_the_way  # before a model loads or a cluster starts
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_as_ctrl_c())
+        handed = stack.enter_context(_Handed())  # its clean-up runs after the workers have ended
         # the workers first: a cluster that cannot be reached stops the command before it writes anything
         executor = stack.enter_context(_executor(todo, make_worker, worker_args, work, jobs, threads, cluster,
                                                  device)) if todo else None
@@ -395,7 +396,7 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
 
         if todo:
             claims = stack.enter_context(Claims(out, started)) if out is not None and target_for else None
-            _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix)
+            _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix, handed)
     return summary
 
 
@@ -468,7 +469,22 @@ def _seconds(path: Path) -> float:
         return 0.0
 
 
-def _schedule(todo, executor, claims: Claims | None, is_done, finish, elsewhere, bar: _Bar, prefix: str) -> None:
+class _Handed(set):
+    """The targets handed to workers. When the batch is stopped (Ctrl-C, SIGTERM, an error),
+    what their files left half-written is removed: a worker stopped by a signal may not have
+    reached its own clean-up."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:
+            for target in self:
+                remove_temps_of(Path(target))
+
+
+def _schedule(todo, executor, claims: Claims | None, is_done, finish, elsewhere, bar: _Bar, prefix: str,
+              handed: set) -> None:
     """Hand the files to ``executor`` as it has room, each claimed first; collect the results;
     retry the files of workers that died; wait for the files another run is working on."""
     where = {str(f): (f, t) for f, t in todo}
@@ -486,6 +502,8 @@ def _schedule(todo, executor, claims: Claims | None, is_done, finish, elsewhere,
                 else:  # by another run
                     elsewhere(str(f))
             elif state == MINE:
+                if t is not None:
+                    handed.add(str(t))
                 executor.submit(str(f), str(t) if t is not None else None)
             elif state == FAILED:
                 elsewhere(str(f))

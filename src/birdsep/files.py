@@ -153,6 +153,17 @@ def remove_stale_temps(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def remove_temps_of(target: Path) -> None:
+    """Delete the temporary files of the outputs of ``target``: inside it when it is a folder,
+    and those named after it beside it (``.<name>.….tmp``, e.g. ``x.birdsep.results.csv``'s)."""
+    import glob
+
+    if target.is_dir():
+        remove_stale_temps(target)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------- inputs and outputs
 
 
