@@ -271,14 +271,44 @@ def read_config(folder: str | os.PathLike, kind: str) -> dict:
 
 
 def load_weights(folder: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict, dict]:
-    """(config, state dict) of a folder written by :func:`save_weights`."""
-    from safetensors.torch import load_file
-
+    """(config, state dict) of a folder written by :func:`save_weights`; a damaged weights file
+    (empty, truncated, not safetensors) is one :class:`UsageError` naming it."""
     config = read_config(folder, kind)
-    return config, load_file(str(Path(folder) / WEIGHTS_NAME), device=str(device))
+    return config, load_state(Path(folder) / WEIGHTS_NAME, device)
 
 
 def load_state(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """The state dict in the safetensors file ``path``; :class:`UsageError` naming the file when
+    it cannot be read or is not an intact safetensors file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except PermissionError:
+        raise UsageError.of(path, "permission denied (cannot read the model's weights)") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError.of(path, f"damaged or unreadable weights file ({reason})") from None
+
+
+def load_strict(module, state: dict, path: str | os.PathLike) -> None:
+    """``module.load_state_dict(state, strict=True)``, where a state of another design (missing,
+    unexpected or differently shaped weights) is one :class:`UsageError` line naming ``path``
+    and the first differences, not torch's multi-line report."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            problems.append(f"{len(items)} {what}: " + ", ".join(items[:3]) + (" …" if len(items) > 3 else ""))
+    if problems:
+        raise UsageError.of(path, "weights do not fit the model described by its config ("
+                            + "; ".join(problems) + ")")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
+        raise UsageError.of(path, f"weights do not fit the model ({str(exc).strip().splitlines()[-1][:200]})") from None

@@ -135,7 +135,7 @@ def load(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Ensem
     except (ValueError, TypeError) as exc:
         raise UsageError.of(folder / files.CONFIG_NAME, f"invalid classifier config ({exc})") from None
     model = Ensemble(cfg)
-    model.load_state_dict(state, strict=True)
+    files.load_strict(model, state, folder / files.WEIGHTS_NAME)
     return model.to(device).eval()
 
 

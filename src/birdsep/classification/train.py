@@ -160,7 +160,8 @@ def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
         return out
     ensemble = M.Ensemble(cfg)
     for k, member in enumerate(ensemble.members):
-        member.load_state_dict(files.load_state(members_dir / str(k) / "member.safetensors"), strict=True)
+        files.load_strict(member, files.load_state(members_dir / str(k) / "member.safetensors"),
+                          members_dir / str(k) / "member.safetensors")
     with training.resumable_writes():  # a resumed run finds every member trained and writes it again
         M.save(ensemble, out)
     training.say(f"{WHO} wrote {out / files.WEIGHTS_NAME} and {out / files.CONFIG_NAME}"

@@ -25,6 +25,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from birdsep import files
+from birdsep.errors import UsageError
 
 KIND = "separator"
 
@@ -337,6 +338,9 @@ def save_model(model: Separator, folder: str | Path) -> Path:
 def load_separator(folder: str | Path, device: str | torch.device = "cpu") -> Separator:
     """Load a folder written by :func:`save_model` (strict: every weight must match)."""
     config, state = files.load_weights(folder, KIND)
-    model = Separator(SeparatorConfig.from_dict(config))
-    model.load_state_dict(state, strict=True)
+    try:
+        model = Separator(SeparatorConfig.from_dict(config))
+    except (ValueError, TypeError) as exc:
+        raise UsageError.of(Path(folder) / files.CONFIG_NAME, f"invalid separator config ({exc})") from None
+    files.load_strict(model, state, Path(folder) / files.WEIGHTS_NAME)
     return model.to(device).eval()
