@@ -71,3 +71,84 @@ def test_weights_of_another_shape_name_the_differences_in_one_line(tmp_path):
         load_model(folder)
     msg = str(err.value)
     assert "\n" not in msg and "wrong shape" in msg and "do not fit" in msg and "(" in msg and "≠" in msg
+
+
+# --------------------------------------------------------------------------- numbers and rates
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Separator(TINY).eval()
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -float("inf"), 0, -8000, 44100.5, 999, 10**7,
+                                  "22050", None, True])
+def test_api_refuses_a_bad_sample_rate_at_once(tiny, rate):
+    import birdsep
+    from birdsep.limits import InvalidValue
+
+    x = np.zeros(4000, np.float32)
+    with pytest.raises(InvalidValue, match="sample_rate must be"):
+        birdsep.separate(x, rate, tiny, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match="sample_rate must be"):  # InvalidValue is a ValueError too
+        birdsep.classify(x, rate, _Silent(), mode="mix", device="cpu")
+
+
+def test_api_takes_a_whole_float_rate_and_refuses_a_bad_output_rate(tiny):
+    import birdsep
+
+    y, rate = birdsep.separate(np.zeros(2205, np.float32), 22050.0, tiny, device="cpu", precision="fp32")
+    assert rate == 22050 and isinstance(rate, int) and y.shape == (TINY.num_sources, 2205)
+    with pytest.raises(ValueError, match="output_rate must be"):
+        birdsep.separate(np.zeros(2205, np.float32), 22050, tiny, output_rate=float("nan"))
+
+
+class _Silent:
+    labels = ["Aaa aaa_A"]
+    window_seconds, sample_rate, name = 1.0, SR, "silent"
+
+    def predict(self, windows):
+        return np.zeros((len(windows), 1), np.float32)
+
+
+@pytest.mark.parametrize("kw, match", [({"window": 1e-9}, "window must be from 0.1"),
+                                       ({"window": float("nan")}, "window must be a finite number"),
+                                       ({"window": 1.0, "overlap": 0.95}, "overlap must leave at least 0.1 s"),
+                                       ({"window": 1.0, "overlap": -1}, r"overlap must be in \[0, 1\)")])
+def test_api_classify_window_bounds(kw, match):
+    import birdsep
+
+    with pytest.raises(ValueError, match=match):
+        birdsep.classify(np.zeros(SR, np.float32), SR, _Silent(), mode="mix", device="cpu", **kw)
+
+
+@pytest.mark.parametrize("block, message", [("0.001", "--block must be from 1 to 600, not 0.001"),
+                                            ("1e9", "--block must be from 1 to 600, not 1e+09"),
+                                            ("1e300", "--block must be from 1 to 600, not 1e+300")])
+def test_block_out_of_bounds_is_one_line_before_any_work(tmp_path, capsys, block, message):
+    assert main(["separate", str(tmp_path / "x.wav"), "-o", str(tmp_path / "out"), "--block", block]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"birdsep separate: error: {message}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_with_a_tiny_window_is_refused_at_once(tmp_path, capsys):
+    pred, truth = tmp_path / "pred.csv", tmp_path / "truth.csv"
+    pred.write_text("file,start,end,species,confidence\na.wav,0,3,Aaa aaa,0.9\n")
+    truth.write_text("file,start,end,species\na.wav,0,3,Aaa aaa\n")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--window", "1e-9"]) == 2
+    assert capsys.readouterr().err.strip() == "birdsep evaluate: error: --window must be from 0.1 to 86400, not 1e-09"
+
+
+def test_audio_whose_header_says_1_hz_is_refused(tmp_path):
+    import soundfile as sf
+
+    from birdsep import audio
+    from birdsep.errors import AudioError
+
+    path = tmp_path / "one_hz.wav"
+    sf.write(path, np.zeros(32000, np.float32), 1, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"one_hz.wav: sample rate 1 Hz in its header is outside 1000–768000 Hz"):
+        audio.info(path)

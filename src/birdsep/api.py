@@ -6,7 +6,9 @@ With ``layout="auto"`` (the default) the short axis is taken as channels when th
 unambiguous (at most 32 of them, and at least 100 samples per channel); otherwise a ValueError
 asks for ``layout="channels_first"`` or ``"channels_last"``. ``device`` and ``precision``
 mean what ``--device`` / ``--precision`` mean on the command line (default ``auto``; see
-:mod:`birdsep.separation.runtime`).
+:mod:`birdsep.separation.runtime`). Sample rates, block lengths and windows are checked as
+the command line checks them (:mod:`birdsep.limits`): a value out of range raises
+:class:`birdsep.limits.InvalidValue`, a ValueError.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from birdsep import audio
+from birdsep import audio, limits
 from birdsep.pretrained import load_model, probe_audio
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_array
@@ -32,10 +34,12 @@ def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None 
     Returns ``(sources, rate)``: sources (M, T') of the same kind as the input (numpy or torch),
     at ``output_rate`` (default: ``sample_rate``), summing to the input within the model's band.
     """
+    sample_rate = limits.sample_rate(sample_rate, "sample_rate")
+    rate = sample_rate if output_rate is None else limits.sample_rate(output_rate, "output_rate")
+    limits.blocks(block_seconds, overlap)
     x = _mono(waveform, layout)  # (T,)
     sep = _separator(model)
     sr_model = sep.config.sample_rate
-    rate = output_rate or sample_rate
     rt = _runtime(sep, device, precision)
     settings = BlockSettings(block_seconds, overlap, rt.device, rt.precision)
     y = separate_array(sep, audio.resample(x, sample_rate, sr_model), sr_model, settings)  # (M, T_model)
@@ -64,6 +68,8 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    sample_rate = limits.sample_rate(sample_rate, "sample_rate")
+    window, overlap = limits.windows(window, overlap)
     x = _mono(waveform, layout)
     backend = load_classifier(classifier, threads=threads) if isinstance(classifier, str) else classifier
     sep = _separator(separator) if mode != "mix" else None

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from birdsep import files
+from birdsep import files, limits
 from birdsep.errors import AudioError
 
 #: Shorter inputs are refused by the commands that separate or classify files.
@@ -51,6 +51,9 @@ def info(path: str | os.PathLike, min_duration: float = 0.0) -> AudioInfo:
         raise AudioError(path, f"cannot read audio ({_short(exc)})") from None
     if i.samplerate <= 0 or i.channels <= 0:
         raise AudioError(path, "invalid header (no sample rate or channels)")
+    if not limits.MIN_SAMPLE_RATE <= i.samplerate <= limits.MAX_SAMPLE_RATE:
+        raise AudioError(path, f"sample rate {i.samplerate} Hz in its header is outside "
+                               f"{limits.MIN_SAMPLE_RATE}–{limits.MAX_SAMPLE_RATE} Hz")
     if i.frames <= 0:
         raise AudioError(path, "empty file (0 samples)")
     meta = AudioInfo(str(path), int(i.samplerate), int(i.channels), int(i.frames))

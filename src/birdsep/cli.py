@@ -15,7 +15,7 @@ import math
 import re
 import sys
 
-from birdsep import __version__, training
+from birdsep import __version__, limits, training
 from birdsep.errors import InputError, Stopped, UsageError, require
 from birdsep.separation import runtime
 
@@ -114,7 +114,7 @@ def _add_separate(sub) -> None:
     p.add_argument("--model", default=None, help="run directory or model folder (default: the shipped model)")
     p.add_argument("--sample-rate", default="native", help="output rate: native (the input's) or a number, e.g. 22050")
     p.add_argument("--block", dest="block_seconds", type=number, default=12.0,
-                   help="block length in seconds for long files (default 12)")
+                   help="block length in seconds for long files, 1 to 600 (default 12)")
     p.add_argument("--block-overlap", dest="overlap", type=number, default=0.125,
                    help="fraction of a block shared with the next, <= 0.5 (default 0.125: 1.5 s)")
     old_name(p, "--overlap", "--block-overlap", dest="overlap", type=number)
@@ -132,11 +132,13 @@ def _add_separate(sub) -> None:
         from birdsep.pipeline import SeparateOptions, separate_batch
 
         _check_batch_flags(a)
-        if a.sample_rate != "native" and not (a.sample_rate.isdigit() and 1000 <= int(a.sample_rate) <= 768000):
-            raise UsageError(f"--sample-rate must be 'native' or a rate in Hz from 1000 to 768000 (e.g. 22050), "
-                             f"not {a.sample_rate!r}")
-        if not 0 < a.overlap <= 0.5 or a.block_seconds <= 0:
-            raise UsageError("--block must be positive and --block-overlap in (0, 0.5]")
+        if a.sample_rate != "native":
+            try:
+                limits.sample_rate(int(a.sample_rate) if a.sample_rate.isdigit() else a.sample_rate)
+            except limits.InvalidValue:
+                raise UsageError(f"--sample-rate must be 'native' or a rate in Hz from {limits.MIN_SAMPLE_RATE} to "
+                                 f"{limits.MAX_SAMPLE_RATE} (e.g. 22050), not {a.sample_rate!r}") from None
+        limits.blocks(a.block_seconds, a.overlap, ("--block", "--block-overlap"))
         s = separate_batch(a.inputs, options_from(SeparateOptions, a, plot=a.plot or a.video))
         return _batch_summary("separated", s, a.out)
 

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from birdsep import audio, combination, files
+from birdsep import audio, combination, files, limits
 from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
@@ -78,11 +78,7 @@ class ClassifyOptions:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.combine not in combination.RULES:
             raise UsageError(f"--combine must be one of {', '.join(combination.RULES)}, not {self.combine!r}")
-        if self.window <= 0:
-            raise UsageError(f"--window must be positive, not {self.window:g}")
-        if not 0 <= self.overlap < self.window:
-            raise UsageError(f"--overlap must be in [0, {self.window:g}) seconds (less than --window), "
-                             f"not {self.overlap:g}")
+        limits.windows(self.window, self.overlap, ("--window", "--overlap"))
         if not 0 <= self.min_conf <= 1:
             raise UsageError(f"--min-conf must be in [0, 1], not {self.min_conf:g}")
         check_sensitivity(self.sensitivity)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdsep import files, metrics
+from birdsep import files, limits, metrics
 from birdsep.errors import UsageError
 from birdsep.outputs import Detection, file_key, read_table
 from birdsep.taxonomy import label_names, read_species_list
@@ -132,8 +132,7 @@ def score_matrix(pred: dict[str, list[Detection]], wins, species: list[str], win
 def evaluate(preds: list[str], truth: list[str], window: float = 5.0, species_list: str | None = None,
              min_positives: int = metrics.MIN_POSITIVES) -> Evaluation:
     """Score one or more prediction sets (each a table or a folder of tables) against annotations."""
-    if window <= 0:
-        raise UsageError("--window must be positive")
+    limits.window(window, "--window")
     truth_by = _collect(truth)
     if not truth_by:
         raise UsageError("no annotations found in --truth")

@@ -17,6 +17,7 @@ from typing import TextIO
 import numpy as np
 from scipy.signal import find_peaks_cwt
 
+from birdsep import limits
 from birdsep.audio import MIN_SECONDS, load
 from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.errors import UsageError
@@ -100,8 +101,9 @@ def detect_activity_files(inputs: list[str | os.PathLike], *, window_seconds: fl
     """``birdsep detect-activity``: one tab-separated line per window (file, rank, start_s,
     end_s, energy) on ``stream`` (stdout), through the batch runner: a file that cannot be read
     gets one line on stderr and the others go on."""
-    if max_windows < 1 or window_seconds <= 0:
-        raise UsageError("--max-windows must be at least 1 and --window positive")
+    if max_windows < 1:
+        raise UsageError("--max-windows must be at least 1")
+    limits.window(window_seconds, "--window")
     return run_batch([str(i) for i in inputs], None, make_worker=_activity_worker,
                      worker_args=(window_seconds, max_windows), progress=False,
                      header="file\trank\tstart_s\tend_s\tenergy", stream=stream, prefix="birdsep detect-activity: ")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from birdsep import limits
 from birdsep.separation.engine import engine_for
 
 DEFAULT_BLOCK_SECONDS = 12.0
@@ -35,10 +36,7 @@ class BlockSettings:
     precision: str = "fp32"  # fp32 | bf16 (resolve "auto" with separation.runtime.resolve first)
 
     def __post_init__(self):
-        if not 0 < self.overlap <= 0.5:
-            raise ValueError("overlap must be in (0, 0.5]")
-        if self.block_seconds <= 0:
-            raise ValueError("block length must be positive")
+        limits.blocks(self.block_seconds, self.overlap)  # an InvalidValue (a ValueError) outside the bounds
 
 
 def fades(length: int) -> tuple[np.ndarray, np.ndarray]:
