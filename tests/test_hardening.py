@@ -152,3 +152,28 @@ def test_audio_whose_header_says_1_hz_is_refused(tmp_path):
     sf.write(path, np.zeros(32000, np.float32), 1, subtype="PCM_16")
     with pytest.raises(AudioError, match=r"one_hz.wav: sample rate 1 Hz in its header is outside 1000–768000 Hz"):
         audio.info(path)
+
+
+# --------------------------------------------------------------------------- a model that outputs NaN
+
+
+def test_a_model_that_outputs_nan_fails_in_one_line_naming_it(tmp_path, capsys):
+    import soundfile as sf
+
+    import birdsep
+
+    torch.manual_seed(0)
+    model = Separator(TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    folder = save_model(model, tmp_path / "nan_model")
+    with pytest.raises(UsageError, match="the model's output is NaN or infinite"):
+        birdsep.separate(np.ones(SR, np.float32) * 0.1, SR, model, device="cpu", precision="fp32")
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1, SR)
+    out = tmp_path / "out"
+    assert main(["separate", str(wav), "--model", str(folder), "-o", str(out), "-q", "--precision", "fp32"]) != 0
+    err = capsys.readouterr().err
+    assert f"{folder}: the model's output is NaN or infinite" in err and "Traceback" not in err
+    assert not list(out.rglob("source_*"))

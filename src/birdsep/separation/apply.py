@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from birdsep import limits
+from birdsep.errors import UsageError
 from birdsep.separation.engine import engine_for
 
 DEFAULT_BLOCK_SECONDS = 12.0
@@ -117,10 +118,18 @@ def align(previous: np.ndarray, current: np.ndarray, profiles: np.ndarray | None
 
 
 def run_model(model: torch.nn.Module, block: np.ndarray, settings: BlockSettings) -> np.ndarray:
-    """(T,) float32 at the model's rate → (M, T) float32, through the model's fast inference engine."""
+    """(T,) float32 at the model's rate → (M, T) float32, through the model's fast inference engine.
+
+    Raises :class:`UsageError` naming the model (its folder, where it was loaded from one) when
+    its output is not finite: damaged or diverged weights, never tracks of zeros."""
     engine = engine_for(model, settings.precision, settings.device)
     x = torch.from_numpy(np.ascontiguousarray(block)).to(settings.device).unsqueeze(0)  # (1, T)
-    return engine(x)[0].cpu().numpy()  # (M, T)
+    y = engine(x)[0].cpu().numpy()  # (M, T)
+    if not np.isfinite(y).all():
+        name = getattr(model, "source", None) or f"the separator ({type(model).__name__})"
+        raise UsageError(f"{name}: the model's output is NaN or infinite (damaged or diverged weights); "
+                         "no tracks written")
+    return y
 
 
 def separate_stream(model: torch.nn.Module, chunks: Iterable[np.ndarray], sample_rate: int,

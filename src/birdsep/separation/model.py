@@ -343,4 +343,5 @@ def load_separator(folder: str | Path, device: str | torch.device = "cpu") -> Se
     except (ValueError, TypeError) as exc:
         raise UsageError.of(Path(folder) / files.CONFIG_NAME, f"invalid separator config ({exc})") from None
     files.load_strict(model, state, Path(folder) / files.WEIGHTS_NAME)
+    model.source = str(folder)  # how messages about the model name it
     return model.to(device).eval()
