@@ -131,7 +131,7 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
     # a config that does not match the weights is refused (strict loading)
     blob["config"]["species"] = ["a", "b"]
     (tmp_path / "config.json").write_text(json.dumps(blob))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(UsageError, match="weights do not fit the model described by its config .*wrong shape"):
         M.load(tmp_path)
     with pytest.raises(UsageError, match="not a classifier run directory"):
         M.load(tmp_path / "nowhere")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from birdsep import audio
+from birdsep.errors import UsageError
 from birdsep.separation.mixit import mixit_loss
 from birdsep.separation.model import (PRESETS, LearnedBasis, Separator, SeparatorConfig, TDCNpp, count_parameters,
                                       load_separator, mixture_consistency, preset, save_model)
@@ -80,8 +81,9 @@ def test_load_rejects_mismatched_weights(tmp_path):
     save_model(Separator(TINY), tmp_path / "m")
     cfg = (tmp_path / "m" / "config.json")
     cfg.write_text(cfg.read_text().replace('"hidden": 32', '"hidden": 48'))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UsageError, match="weights do not fit the model described by its config") as err:
         load_separator(tmp_path / "m")
+    assert "\n" not in str(err.value) and "wrong shape" in str(err.value)
 
 
 def test_loss_decreases_on_real_batch(data_dir):
