@@ -168,3 +168,23 @@ def test_song_scenes_have_known_sources(tmp_path):
     assert isinstance(batch, dict) and batch["sources"].shape == (3, 4, 2 * SR)
     plain = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]))
     assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), song_share=0.0))
+
+
+def test_level_gap_puts_the_other_references_below_the_first(corpus):
+    """--level-gap G: one reference at a random level in [-40, -15] dBFS, the others below it by
+    U(0, G) dB, so faint recordings under loud ones are common; G = 0 draws exactly as before."""
+    index = D.RecordingIndex.build([str(corpus)], progress=False)
+    sampler = D.WindowSampler(index, seconds=1.0, sample_rate=8000)
+    gaps = []
+    for k in range(60):
+        refs = D.mom_batch(sampler, 2, k, np.random.default_rng([0, k]), references=3, share=1.0, level_gap=30.0)
+        assert refs.shape == (2, 3, 8000)
+        db = 20 * torch.log10(refs.pow(2).mean(dim=-1).sqrt()).numpy()  # (B, N)
+        top = db.max(1)
+        assert ((top > -40.5) & (top < -14.5)).all()
+        gaps.extend((top[:, None] - db).ravel()[(top[:, None] - db).ravel() > 1e-3].tolist())
+        assert (top[:, None] - db <= 30.01).all()  # never more than G below the loudest
+    gaps = np.array(gaps)
+    assert gaps.max() > 24 and np.mean(gaps > 15) > 0.3  # large gaps are common, not a tail
+    plain = D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]))
+    assert torch.equal(plain, D.mom_batch(sampler, 3, 0, np.random.default_rng([0, 0]), level_gap=0.0))

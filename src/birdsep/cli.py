@@ -171,6 +171,9 @@ def _add_train_separator(sub) -> None:
                    help="share of the batches that are scenes of known sources instead of MoMs (default 0): "
                         "1 to M-1 songs cut from the recordings over a background, trained with a "
                         "permutation-invariant loss that counts a song split over two outputs as an error")
+    p.add_argument("--level-gap", type=number, default=0.0, metavar="DB",
+                   help="draw each mixture's other recordings below the first by 0 … DB dB (default 0: "
+                        "independent levels), so that faint birds under loud ones are common in training")
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start from a model folder or run directory (its design; --sources may add outputs)")
 

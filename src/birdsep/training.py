@@ -95,6 +95,7 @@ class SeparatorTrainOptions(TrainOptions):
     references_share: float = 0.5  # share of the batches with `references` mixtures, when it is above 2
     noise_share: float = 0.0  # share of the MoMs whose last reference is a window's stationary noise floor
     song_share: float = 0.0  # share of the batches that are scenes of known sources (cut songs over a background)
+    level_gap: float = 0.0  # dB: references below the first by U(0, level_gap) (0: independent levels)
     init_from: str | None = None  # warm start: a model folder or run directory (M may differ)
     grad_clip: float = 5.0
 

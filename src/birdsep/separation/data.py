@@ -275,29 +275,42 @@ def song_batch(sampler: WindowSampler, size: int, sources: int, rng: np.random.G
 
 
 def draw_mom(sampler: WindowSampler, rng: np.random.Generator, references: int = 2,
-             noise_share: float = 0.0) -> np.ndarray:
+             noise_share: float = 0.0, level_gap: float = 0.0) -> np.ndarray:
     """``references`` reference mixtures (N, T), windows of different draws: their sum is the
     separator's input. The paper's MoM has N = 2; N = M (as many as the separator has outputs)
     leaves it no output to spare, so nothing one window holds may be split over two outputs.
     With probability ``noise_share`` the last reference is :func:`floor_noise` of another draw:
-    MixIT then asks for the noise on outputs of its own, apart from any bird sound in its band."""
-    windows = [normalise(sampler.draw(rng), rng) for _ in range(references)]
+    MixIT then asks for the noise on outputs of its own, apart from any bird sound in its band.
+
+    Levels: each window at its own random level (:func:`normalise`), or with ``level_gap`` G > 0
+    the first at a random level and every other one below it by a gap drawn from U(0, G) dB, so
+    that faint recordings under loud ones (a distant bird under a near one) are common in
+    training rather than a tail of the level draw."""
+    if level_gap <= 0:
+        windows = [normalise(sampler.draw(rng), rng) for _ in range(references)]
+        if noise_share > 0 and rng.random() < noise_share:
+            windows[-1] = normalise(floor_noise(windows[-1], rng), rng)
+        return np.stack(windows)
+    windows = [sampler.draw(rng) for _ in range(references)]
     if noise_share > 0 and rng.random() < noise_share:
-        windows[-1] = normalise(floor_noise(windows[-1], rng), rng)
-    return np.stack(windows)
+        windows[-1] = floor_noise(windows[-1], rng)
+    top = rng.uniform(-40.0, -15.0)
+    levels = [top] + [top - rng.uniform(0.0, level_gap) for _ in windows[1:]]
+    order = rng.permutation(len(windows))  # the quieter ones are not always the last (the noise)
+    return np.stack([normalise(w, rng, levels[k], levels[k]) for w, k in zip(windows, order)])
 
 
 def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Generator,
               references: int = 2, share: float = 0.0, noise_share: float = 0.0,
-              song_share: float = 0.0, sources: int = 4) -> torch.Tensor | dict:
+              song_share: float = 0.0, sources: int = 4, level_gap: float = 0.0) -> torch.Tensor | dict:
     """A training batch of ``size`` MoMs (B, N, T) drawn with ``rng`` (``place``: the batch's
     number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches;
-    ``noise_share``: see :func:`draw_mom`. A ``song_share`` of the batches are instead
+    ``noise_share``, ``level_gap``: see :func:`draw_mom`. A ``song_share`` of the batches are instead
     :func:`song_batch` es of scenes with ``sources`` known sources."""
     if song_share > 0 and rng.random() < song_share:
         return song_batch(sampler, size, sources, rng)
     n = references if share > 0 and rng.random() < share else 2
-    return torch.from_numpy(np.stack([draw_mom(sampler, rng, n, noise_share) for _ in range(size)]))
+    return torch.from_numpy(np.stack([draw_mom(sampler, rng, n, noise_share, level_gap) for _ in range(size)]))
 
 
 class MoMDataset(torch.utils.data.IterableDataset):

@@ -117,6 +117,8 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     for flag, value in (("--noise-share", opts.noise_share), ("--song-share", opts.song_share)):
         if not 0 <= value <= 1:
             raise UsageError(f"{flag} must be in [0, 1], not {value:g}")
+    if not 0 <= opts.level_gap <= 60:
+        raise UsageError(f"--level-gap must be 0 … 60 dB, not {opts.level_gap:g}")
     if opts.references ** config.num_sources > MAX_ASSIGNMENTS:
         raise UsageError(f"--references {opts.references} with {config.num_sources} sources makes "
                          f"{opts.references ** config.num_sources} MixIT assignments (at most {MAX_ASSIGNMENTS})")
@@ -137,6 +139,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
                                               share=opts.references_share if opts.references > 2 else 0.0,
                                               noise_share=opts.noise_share, song_share=opts.song_share,
+                                              level_gap=opts.level_gap,
                                               sources=config.num_sources), opts.seed,
                             resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
