@@ -177,3 +177,28 @@ def test_a_model_that_outputs_nan_fails_in_one_line_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{folder}: the model's output is NaN or infinite" in err and "Traceback" not in err
     assert not list(out.rglob("source_*"))
+
+
+# --------------------------------------------------------------------------- train-separator's checks
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr must be a finite number, not nan"),
+    (["--lr", "-1"], "--lr must be above 0, not -1"),
+    (["--clip-seconds", "0"], "--clip-seconds must be from 0.5 to 60, not 0"),
+    (["--threads", "0"], "--threads must be at least 1, not 0"),
+    (["--sources", "1"], "--sources must be at least 2 (MixIT splits a mixture of two mixtures), not 1"),
+])
+def test_train_separator_refuses_bad_numbers_before_any_work(tmp_path, capsys, flags, message):
+    pytest.importorskip("lightning")
+    run = tmp_path / "run"
+    assert main(["train-separator", str(tmp_path), "-o", str(run), "--steps", "1", *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"birdsep train-separator: error: {message}"]
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--clip-seconds", "0"], "--clip-seconds must be from 0.5 to 60, not 0"),
+                                            (["--threads", "0"], "--threads must be at least 1, not 0")])
+def test_eval_separator_refuses_bad_numbers(tmp_path, capsys, flags, message):
+    assert main(["eval-separator", str(tmp_path), *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"birdsep eval-separator: error: {message}"]

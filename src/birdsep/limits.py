@@ -7,6 +7,8 @@ library: each refusal is one :class:`InvalidValue` line naming the value and the
     --block             BLOCK_SECONDS (seconds), --block-overlap a fraction in (0, 0.5]
     --window            WINDOW_SECONDS (classify, detect-activity, evaluate), and with
                         --overlap at least MIN_HOP_SECONDS between window starts
+    --clip-seconds      CLIP_SECONDS (the mixtures of train-separator and eval-separator)
+    --lr, --threads     a positive learning rate; at least one thread
 
 ``name`` is how the caller calls the value (``--block`` on the command line, ``block_seconds``
 in the API). Imports nothing heavy.
@@ -24,6 +26,7 @@ BLOCK_SECONDS = (1.0, 600.0)  # below, the model sees too little and a file take
 MAX_OVERLAP = 0.5
 WINDOW_SECONDS = (0.1, 86_400.0)
 MIN_HOP_SECONDS = 0.1
+CLIP_SECONDS = (0.5, 60.0)  # a training or evaluation mixture (train-separator, eval-separator)
 
 
 class InvalidValue(UsageError, ValueError):
@@ -83,5 +86,25 @@ def windows(seconds, overlap, names: tuple[str, str] = ("window", "overlap")) ->
     return w, o
 
 
-__all__ = ["InvalidValue", "number", "sample_rate", "blocks", "window", "windows", "MIN_SAMPLE_RATE",
+def clip(seconds, name: str = "--clip-seconds") -> float:
+    """The length of a training or evaluation mixture in seconds."""
+    return number(seconds, name, *CLIP_SECONDS)
+
+
+def positive(value, name: str) -> float:
+    """A finite number above 0 (e.g. a learning rate)."""
+    x = number(value, name)
+    if x <= 0:
+        raise InvalidValue(f"{name} must be above 0, not {x:g}")
+    return x
+
+
+def threads(value, name: str = "--threads") -> int | None:
+    """A thread count: None (the default) or at least 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise InvalidValue(f"{name} must be at least 1, not {value!r}")
+    return value
+
+
+__all__ = ["InvalidValue", "number", "sample_rate", "blocks", "window", "windows", "clip", "positive", "threads", "MIN_SAMPLE_RATE",
            "MAX_SAMPLE_RATE", "BLOCK_SECONDS", "WINDOW_SECONDS"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, NamedTuple
 
-from birdsep import files
+from birdsep import files, limits
 from birdsep.errors import StorageError, Stopped, UsageError
 
 if TYPE_CHECKING:
@@ -157,6 +157,8 @@ def start(opts: TrainOptions, marker: Path) -> Path:
     exist unless resuming); set threads and quieten Lightning. Returns the run folder."""
     if min(opts.steps, opts.batch_size, opts.checkpoint_every) < 1:
         raise UsageError("--steps, --batch-size and --checkpoint-every must be at least 1")
+    limits.positive(opts.lr, "--lr")
+    limits.threads(opts.threads)
     out = Path(opts.out)
     if marker.exists() and not opts.resume and is_primary():
         raise UsageError(f"{out} already holds a training run; pass --resume to carry on, or choose another --out")

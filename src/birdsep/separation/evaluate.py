@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from birdsep import files
+from birdsep import files, limits
 from birdsep.separation.data import RecordingIndex, WindowSampler, fixed_moms
 from birdsep.separation.mixit import active_sources, momi
 
@@ -49,7 +49,8 @@ def evaluate_separator(data: list[str], model=None, mixtures: int = 100, clip_se
     from birdsep.errors import UsageError
     from birdsep.pretrained import load_model, resolve
 
-    if threads:
+    limits.clip(clip_seconds)
+    if limits.threads(threads):
         torch.set_num_threads(threads)
     name = str(resolve(model)) if model is None or isinstance(model, (str, Path)) else "<in memory>"
     sep = load_model(model) if model is None or isinstance(model, (str, Path)) else model

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from birdsep import audio, batches, files, training
+from birdsep import audio, batches, files, limits, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
@@ -89,6 +89,10 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     ckpt_dir = out / "checkpoints"
     options_file = out / "options.json"
     training.start(opts, marker=ckpt_dir / "last.ckpt")
+    if opts.sources is not None and opts.sources < 2:
+        raise UsageError(f"--sources must be at least 2 (MixIT splits a mixture of two mixtures), not {opts.sources}")
+    if opts.clip_seconds is not None:
+        limits.clip(opts.clip_seconds)
     stored = training.stored_run(options_file, opts, data, WHO, effective=_effective)
     resume = training.find_checkpoint(ckpt_dir, opts, WHO)
     base = None
