@@ -202,3 +202,54 @@ def test_train_separator_refuses_bad_numbers_before_any_work(tmp_path, capsys, f
 def test_eval_separator_refuses_bad_numbers(tmp_path, capsys, flags, message):
     assert main(["eval-separator", str(tmp_path), *flags]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"birdsep eval-separator: error: {message}"]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+def _in_tiny_tmpfs(tmp_path, command: str) -> subprocess.CompletedProcess:
+    """Run ``command`` (sh) with a 1 MB tmpfs mounted at tmp_path/full, in a private user and
+    mount namespace (no root needed where user namespaces are allowed); skips where they are not."""
+    full = tmp_path / "full"
+    full.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {full}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (no user namespaces)")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {full} && {command}"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_full_disk_while_writing_tracks_is_one_storage_line(tiny_folder, tmp_path):
+    import soundfile as sf
+
+    wav = tmp_path / "long.wav"
+    sf.write(wav, (np.random.default_rng(0).standard_normal(SR * 20) * 0.1).astype(np.float32), SR)
+    out = tmp_path / "full" / "out"
+    r = _in_tiny_tmpfs(tmp_path, f"{sys.executable} -m birdsep separate {wav} --model {tiny_folder} -o {out} "
+                                 f"--format wav --bits 32 -q --precision fp32; echo rc=$?; cat {out}/errors.log")
+    assert "rc=1" in r.stdout, r.stdout + r.stderr
+    assert "cannot be written: no space left on device" in r.stdout and "internal error" not in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(tmp_path):
+    import errno
+
+    from birdsep import training
+    from birdsep.errors import StorageError
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "logs" / "metrics.csv"))
+
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(StorageError, match="no checkpoint was written yet: free some space, then start the run again"):
+        with training.resumable_writes(tmp_path / "checkpoints"):
+            full()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(StorageError, match="the last checkpoint is intact"):
+        with training.resumable_writes(tmp_path / "checkpoints"):
+            full()

@@ -7,6 +7,7 @@ Everything that reads a user's audio goes through here, so that every failure be
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -176,6 +177,23 @@ def blocks(path: str | os.PathLike, block_seconds: float = 10.0, *, start: float
         raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
 
 
+@contextmanager
+def system_errors():
+    """libsndfile's "System error" (a write the file system refused: full, read-only, no
+    permission) raised as the :class:`OSError` behind it, so that the atomic write around it
+    reports one :class:`~birdsep.errors.StorageError` line instead of an internal error."""
+    try:
+        yield
+    except sf.LibsndfileError as exc:
+        err = sf._ffi.errno  # the C errno of libsndfile's last call in this thread
+        if getattr(exc, "code", None) == SF_SYSTEM_ERROR and err:
+            raise OSError(err, os.strerror(err)) from exc
+        raise
+
+
+SF_SYSTEM_ERROR = 2  # libsndfile's SFE_SYSTEM: an operating-system call failed (errno says why)
+
+
 #: ``--format`` × ``--bits`` of separated tracks → libsndfile subtype (32 bits: float, WAV only).
 TRACK_SUBTYPES = {"wav": {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}, "flac": {16: "PCM_16", 24: "PCM_24"}}
 WAV_LIMIT_BYTES = 3_900_000_000  # above this a WAV needs the RF64 container
@@ -204,24 +222,28 @@ class TrackWriter:
                  frames: int = 0):
         check_track_format(fmt, bits)
         container = "FLAC" if fmt == "flac" else ("RF64" if frames * bits // 8 > WAV_LIMIT_BYTES else "WAV")
-        self.file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1,
-                                 subtype=TRACK_SUBTYPES[fmt][bits], format=container)
+        with system_errors():
+            self.file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1,
+                                     subtype=TRACK_SUBTYPES[fmt][bits], format=container)
         self.bits, self.clipped = bits, 0
 
     def write(self, x: np.ndarray) -> np.ndarray:
         """Write (t,) float32; returns the (t,) float32 samples the file now holds."""
         if self.bits == 32:
-            self.file.write(x)
+            with system_errors():
+                self.file.write(x)
             return x
         top = 2 ** (self.bits - 1)
         n = np.rint(x.astype(np.float64) * top)
         self.clipped += int(np.count_nonzero((n >= top) | (n < -top)))
         n = np.clip(n, -top, top - 1)
-        self.file.write(n.astype(np.int16) if self.bits == 16 else n.astype(np.int32) << (32 - self.bits))
+        with system_errors():
+            self.file.write(n.astype(np.int16) if self.bits == 16 else n.astype(np.int32) << (32 - self.bits))
         return (n / top).astype(np.float32)
 
     def close(self) -> None:
-        self.file.close()
+        with system_errors():
+            self.file.close()
 
     def __enter__(self) -> "TrackWriter":
         return self
@@ -234,7 +256,7 @@ def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str
     """Write (T,) or (C, T) audio atomically (temporary name, then rename)."""
     x = np.asarray(x, dtype=np.float32)
     data = x.T if x.ndim == 2 else x
-    with files.atomic(path) as tmp:
+    with files.atomic(path) as tmp, system_errors():
         sf.write(str(tmp), data, sample_rate, subtype=subtype, format=_format_of(Path(path)))
 
 
@@ -242,7 +264,7 @@ def transcode(src: str | os.PathLike, dst: str | os.PathLike, subtype: str = "PC
     """Write ``src`` as mono ``dst`` (format from its extension, e.g. FLAC) block by block,
     atomically; samples beyond ±1 are clipped by integer formats."""
     meta = info(src)
-    with files.atomic(dst) as tmp:
+    with files.atomic(dst) as tmp, system_errors():
         with sf.SoundFile(str(tmp), "w", samplerate=meta.sample_rate, channels=1, subtype=subtype,
                           format=_format_of(Path(dst))) as out:
             for x in blocks(src, 30.0):

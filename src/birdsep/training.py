@@ -397,7 +397,8 @@ def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
     """``trainer.fit``, resuming from ``resume``. A full disk is one :class:`StorageError`
     line; a run stopped before its last step (Ctrl-C, SIGTERM) says so on one line and raises
     :class:`~birdsep.errors.Stopped`."""
-    with resumable_writes():
+    saved = getattr(getattr(trainer, "checkpoint_callback", None), "dirpath", None)
+    with resumable_writes(Path(saved) if saved else None):
         try:
             trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
         except SystemExit:  # Lightning's own exit after Ctrl-C or SIGTERM
@@ -408,15 +409,19 @@ def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
 
 
 @contextmanager
-def resumable_writes() -> Iterator[None]:
+def resumable_writes(checkpoints: Path | None = None) -> Iterator[None]:
     """A full disk inside (a checkpoint, the model, a log) is one :class:`StorageError` line
-    that says the last checkpoint is intact and how to carry on."""
+    that says the last checkpoint is intact and how to carry on (or, when the folder
+    ``checkpoints`` holds none yet, that the run must start again)."""
     try:
         yield
     except Exception as exc:
         full = _no_space(exc)
         if full is None:
             raise
+        if checkpoints is not None and not any(checkpoints.glob("*.ckpt")):
+            raise StorageError(full.path, f"{full.reason}; no checkpoint was written yet: free some space, then "
+                                          "start the run again") from None
         raise StorageError(full.path, f"{full.reason}; the last checkpoint is intact: free some space, then "
                                       "carry on with --resume") from None
 
