@@ -253,3 +253,49 @@ def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(tmp_path):
     with pytest.raises(StorageError, match="the last checkpoint is intact"):
         with training.resumable_writes(tmp_path / "checkpoints"):
             full()
+
+
+# --------------------------------------------------------------------------- the page's Host check
+
+
+@pytest.mark.parametrize("host, ok", [("127.0.0.1:8000", True), ("localhost:8000", True), ("LOCALHOST", True),
+                                      ("[::1]:8000", True), ("[0:0:0:0:0:0:0:1]", True), ("birds.lan:8000", True),
+                                      ("192.0.2.7:8000", True), ("evil.example", False), ("evil.example:8000", False),
+                                      ("[::1]evil.example", False), ("127.0.0.1.evil.example", False),
+                                      ("[evil.example]", False), ("", False), ("127.0.0.1:8000/x", False),
+                                      ("192.0.2.8:8000", False)])
+def test_host_header_names_this_machine_only(host, ok):
+    from birdsep.serve.app import _host_key, allowed_host_names, host_allowed
+
+    allowed = frozenset(_host_key(h) for h in allowed_host_names("0.0.0.0", ["birds.lan"]))
+    assert host_allowed(host, allowed, local_address="192.0.2.7") is ok
+
+
+def test_serving_on_all_addresses_still_checks_the_host(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from birdsep.serve.app import ServeOptions, build
+
+    (tmp_path / "rec").mkdir()
+    app, jobs = build(ServeOptions(host="0.0.0.0", roots=[str(tmp_path / "rec")], out=str(tmp_path / "out"),
+                                   classifiers=[], allowed_hosts=["birds.lan"]))
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1:8000")
+        assert client.get("/api/config").status_code == 200
+        assert client.get("/api/config", headers={"Host": "birds.lan:8000"}).status_code == 200
+        for bad in ("evil.example", "evil.example:8000", "[::1]evil.example"):
+            r = client.get("/api/config", headers={"Host": bad})
+            assert r.status_code == 403 and "is not this server's address" in r.json()["detail"], bad
+    finally:
+        jobs.close()
+
+
+def test_allowed_host_flag_reaches_the_server(monkeypatch):
+    import birdsep.serve.app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module, "serve", lambda opts: seen.setdefault("opts", opts) and 0)
+    main(["serve", "--host", "0.0.0.0", "--allowed-host", "a.lan", "--allowed-host", "b.lan"])
+    assert seen["opts"].allowed_hosts == ["a.lan", "b.lan"] and seen["opts"].host == "0.0.0.0"

@@ -418,6 +418,10 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="a local web page: open recordings, hear their tracks, check detections")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; other hosts must be asked for)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="a further name the page answers to (repeatable): it answers only requests that name this "
+                        "machine (its addresses, its host name, localhost) whatever --host is, so that no web site "
+                        "can reach it through a DNS name of its own")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--root", action="append", default=[], metavar="DIR",
                    help="a folder of recordings the page may open (repeatable); nothing else on disk is readable")
@@ -437,7 +441,7 @@ def _add_serve(sub) -> None:
             raise UsageError("--port must be between 0 and 65535")
         return serve(ServeOptions(host=a.host, port=a.port, roots=a.root, out=a.out, classifiers=a.classifier,
                                   max_upload_mb=a.max_upload_mb, device=a.device, precision=a.precision,
-                                  threads=a.threads))
+                                  threads=a.threads, allowed_hosts=a.allowed_hosts))
 
     p.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -53,13 +54,63 @@ class ServeOptions:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    allowed_hosts: list[str] = field(default_factory=list)  # --allowed-host: more names the page answers to
+
+
+#: A Host header: a name or an IPv4 address, or an IPv6 address in brackets; then an optional port.
+HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+))(?::(?P<port>[0-9]{1,5}))?")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def _host_key(name: str):
+    """How a host name or address compares: an IP address as such (::1 = 0:0:0:0:0:0:0:1), a
+    name in lower case without a trailing dot."""
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+        return getattr(ip, "ipv4_mapped", None) or ip
+    except ValueError:
+        return name.lower().rstrip(".")
+
+
+def host_allowed(header: str, allowed: frozenset, local_address: str | None = None) -> bool:
+    """Whether a request's Host ``header`` names this server: one of ``allowed`` (keys of
+    :func:`_host_key`), or the IP address the connection arrived at (``local_address``; a
+    DNS-rebinding page always sends its own DNS name). Anything that is not a well-formed
+    ``name[:port]`` or ``[v6][:port]`` (e.g. ``[::1]evil.example``) is refused."""
+    m = HOST_HEADER.fullmatch(header or "")
+    if m is None:
+        return False
+    key = _host_key(m["v6"] or m["name"])
+    if m["v6"] is not None and not isinstance(key, (ipaddress.IPv6Address, ipaddress.IPv4Address)):
+        return False
+    if key in allowed:
+        return True
+    if local_address and not isinstance(key, str):
+        try:
+            return key == _host_key(local_address)
+        except ValueError:
+            return False
+    return False
+
+
+def allowed_host_names(host: str, extra: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The names the page answers to when listening on ``host``: the loopback names, ``host``
+    itself (unless a wildcard), this machine's host names and the ``--allowed-host`` names;
+    the address a connection arrives at is accepted besides (:func:`host_allowed`)."""
+    names = [*LOOPBACK_NAMES, *extra]
+    if host not in WILDCARD_HOSTS:
+        names.append(host)
+    if not _is_loopback(host):
+        names += [socket.gethostname(), socket.getfqdn()]
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: int,
                allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
-    """``allowed_hosts``: the names a request's Host header may give (None: any); serving on
-    loopback, only the loopback names, so that a web site cannot reach the API through a
-    DNS name of its own pointed at 127.0.0.1."""
+    """``allowed_hosts``: the names a request's Host header may give (None: any), besides the
+    address the connection arrived at (:func:`host_allowed`), so that a web site cannot reach
+    the API through a DNS name of its own pointed at this machine (DNS rebinding), whatever
+    address the server listens on."""
     from birdsep.detect import MODES
     from birdsep.outputs import paths_of, read_table
     from birdsep.pipeline import RESULT_NAME, levels_db, plot_folder, track_files
@@ -68,6 +119,7 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
     app = FastAPI(title="birdsep", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
     names_of = _species_names()
+    allowed = None if allowed_hosts is None else frozenset(_host_key(h) for h in allowed_hosts)
 
     status_codes = [(Refused, 403), (NotFound, 404), (TooLarge, 413), (NotReady, 409), (UsageError, 400),
                     (AudioError, 422)]
@@ -78,10 +130,11 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
     @app.middleware("http")
     async def this_machine_and_this_page_only(request: Request, call_next):
         host = request.headers.get("host", "")
-        name = host[1:].split("]")[0] if host.startswith("[") else host.split(":")[0]
-        if allowed_hosts is not None and name not in allowed_hosts:
-            return JSONResponse({"detail": f"refused: {name or 'no host'} is not this server's address"},
-                                status_code=403)
+        local = (request.scope.get("server") or (None,))[0]
+        if allowed is not None and not host_allowed(host, allowed, local):
+            shown = re.sub(r"[^\w.:\[\]\-]", "?", host[:100]) or "no host"
+            return JSONResponse({"detail": f"refused: {shown} is not this server's address (birdsep serve "
+                                           "--allowed-host NAME adds a name)"}, status_code=403)
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
             return JSONResponse({"detail": "refused: a request from another site"}, status_code=403)
@@ -340,7 +393,7 @@ def build(opts: ServeOptions) -> tuple[object, JobManager]:
     worker = Worker(library, opts.device, opts.precision, opts.threads)
     jobs = JobManager(worker, worker.plan)
     media = Media(library.out / SERVE_DIR / "cache")
-    hosts = (*LOOPBACK_NAMES, opts.host) if _is_loopback(opts.host) else None
+    hosts = allowed_host_names(opts.host, opts.allowed_hosts)
     return create_app(library, jobs, media, int(opts.max_upload_mb * 1e6), hosts), jobs
 
 
