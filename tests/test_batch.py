@@ -90,7 +90,7 @@ def test_plan_jobs_runs_enough_audio_on_every_core_and_little_here(tmp_path, mon
         folder = tmp_path / f"{n}x{seconds:g}"
         folder.mkdir()
         for k in range(n):
-            sf.write(folder / f"{k}.wav", np.zeros(int(seconds * 100), np.float32), 100)
+            sf.write(folder / f"{k}.wav", np.zeros(int(seconds * 1000), np.int16), 1000)  # the lowest rate read
         return sorted(folder.iterdir())
 
     monkeypatch.setattr(batch.os, "cpu_count", lambda: 4)

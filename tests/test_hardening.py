@@ -299,3 +299,98 @@ def test_allowed_host_flag_reaches_the_server(monkeypatch):
     monkeypatch.setattr(app_module, "serve", lambda opts: seen.setdefault("opts", opts) and 0)
     main(["serve", "--host", "0.0.0.0", "--allowed-host", "a.lan", "--allowed-host", "b.lan"])
     assert seen["opts"].allowed_hosts == ["a.lan", "b.lan"] and seen["opts"].host == "0.0.0.0"
+
+
+# --------------------------------------------------------------------------- worker processes
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        pytest.skip("pgrep is not installed")
+    return {int(p) for p in out.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_parent_killed_with_sigkill(tiny_folder, tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for k in range(4):
+        sf.write(tmp_path / "in" / f"{k}.wav", (rng.standard_normal(SR * 120) * 0.1).astype(np.float32), SR)
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, "-m", "birdsep", "separate", str(tmp_path / "in"), "--model",
+                               str(tiny_folder), "-o", str(out), "-j", "2", "--threads", "1", "-q",
+                               "--precision", "fp32"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.rglob("*.tmp")):  # the workers are at work
+            time.sleep(0.2)
+        assert list(out.rglob("*.tmp")), "the workers never started"
+        workers = _children(parent.pid)
+        assert workers
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers), "a worker outlived its parent by 5 s"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for p in workers | _children(parent.pid):
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_while_workers_start_prints_no_traceback(tiny_folder, tmp_path):
+    import soundfile as sf
+
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        sf.write(tmp_path / "in" / f"{k}.wav", np.zeros(SR * 2, np.float32), SR)
+    parent = subprocess.Popen([sys.executable, "-m", "birdsep", "separate", str(tmp_path / "in"), "--model",
+                               str(tiny_folder), "-o", str(tmp_path / "out"), "-j", "2", "--threads", "1", "-q"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(workers) < 2:  # the workers are starting (importing PyTorch)
+            workers = {p for p in _children(parent.pid) if "resource_tracker" not in _cmdline(p)}
+            time.sleep(0.05)
+        assert workers, "no worker started"
+        os.killpg(parent.pid, signal.SIGINT)  # a Ctrl-C in the terminal reaches the whole group
+        out, err = parent.communicate(timeout=60)
+        assert parent.returncode == 130, err
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert err.strip().splitlines()[-1] == "birdsep separate: interrupted", err
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""

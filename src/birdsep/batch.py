@@ -196,18 +196,56 @@ def _sigterm_as_ctrl_c():
 
 _worker: Work | None = None
 _progress_queue = None
+_stopping = None  # set by the parent when the batch stops: files still queued are not started
 
 
-def _init_worker(make_worker, args, threads: int, queue) -> None:
-    global _worker, _progress_queue
-    import torch
+def _die_with(parent: int) -> None:
+    """End this worker process when ``parent`` (the batch) dies, even by ``kill -9``: on Linux
+    the kernel sends SIGKILL (PR_SET_PDEATHSIG); everywhere a thread watches the parent's pid.
+    A parent that died before this was set up ends the worker at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    torch.set_num_threads(threads)
-    _worker, _progress_queue = make_worker(*args), queue
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="birdsep-parent-watch", daemon=True).start()
+
+
+def _init_worker(parent: int, make_worker, args, threads: int, queue, stopping) -> None:
+    """A worker process's start-up. It was started with Ctrl-C ignored (:meth:`_Processes.submit`),
+    so that a Ctrl-C while it imports PyTorch and loads its model prints no traceback; one
+    that comes meanwhile ends it quietly once it is ready, and later ones stop its file."""
+    global _worker, _progress_queue, _stopping
+    _die_with(parent)
+    stopped: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        _worker, _progress_queue, _stopping = make_worker(*args), queue, stopping
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+        if stopped:
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        os._exit(130)  # stopped while starting: nothing to clean up, and nothing to say (the batch says it)
 
 
 def _in_worker(path: str, target: str | None) -> Result:
+    if _stopping is not None and _stopping.is_set():
+        return path, None, f"{path}: not started (the batch was stopped)", None
     return guarded(_worker, path, target, lambda fraction: _progress_queue.put((path, fraction)))
 
 
@@ -218,15 +256,24 @@ class _Processes:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        self.jobs, self.queue, self.pending = jobs, ctx.Queue(), set()
+        self.jobs, self.queue, self.pending, self.stopping = jobs, ctx.Queue(), set(), ctx.Event()
         self.pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(make_worker, worker_args, threads, self.queue))
+                                        initargs=(os.getpid(), make_worker, worker_args, threads, self.queue,
+                                                  self.stopping))
 
     free = property(lambda self: self.jobs - len(self.pending))
     busy = property(lambda self: bool(self.pending))
 
     def submit(self, path: str, target: str | None) -> None:
-        self.pending.add(self.pool.submit(_in_worker, path, target))
+        # Worker processes start here: they inherit Ctrl-C ignored, so that one pressed while
+        # they import (before _init_worker) is no traceback; _init_worker takes it from there.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self.pending.add(self.pool.submit(_in_worker, path, target))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def poll(self, timeout: float, progress: Callable[[str, float], None]) -> list[Result]:
         finished, self.pending = wait(self.pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -237,7 +284,9 @@ class _Processes:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:  # stopped: the files already queued to a worker are not started
+            self.stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
