@@ -394,3 +394,34 @@ def _cmdline(pid: int) -> str:
             return fh.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def test_unreadable_file_and_folder_are_reported_as_such(tmp_path):
+    import shutil as sh
+
+    import soundfile as sf
+
+    wav, locked = tmp_path / "a.wav", tmp_path / "locked"
+    sf.write(wav, np.zeros(SR, np.float32), SR)
+    locked.mkdir()
+    sf.write(locked / "b.wav", np.zeros(SR, np.float32), SR)
+    wav.chmod(0)
+    locked.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:  # root reads everything: drop its override
+        if sh.which("setpriv") is None:
+            pytest.skip("running as root without setpriv")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    try:
+        r = subprocess.run([*prefix, sys.executable, "-m", "birdsep", "detect-activity", str(wav), str(locked)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        locked.chmod(0o755)
+        wav.chmod(0o644)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"{locked}: permission denied (this folder cannot be listed)" in r.stderr
+    assert f"{wav}: permission denied (this file cannot be read)" in r.stderr

@@ -47,6 +47,13 @@ def amount(done: float, total: float | None = None) -> str:
 def info(path: str | os.PathLike, min_duration: float = 0.0) -> AudioInfo:
     """Header information; raises :class:`AudioError` for unreadable, empty or too short files."""
     try:
+        with open(path, "rb"):  # libsndfile would say "System error" for a file it may not read
+            pass
+    except PermissionError:
+        raise AudioError(path, "permission denied (this file cannot be read)") from None
+    except OSError:
+        pass  # libsndfile says what is wrong below
+    try:
         i = sf.info(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot read"
         raise AudioError(path, f"cannot read audio ({_short(exc)})") from None

@@ -189,6 +189,10 @@ def find_audio(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            try:
+                next(os.scandir(p), None)
+            except PermissionError:
+                raise UsageError.of(p, "permission denied (this folder cannot be listed)") from None
             tracks: dict[Path, bool] = {}  # folder → holds birdsep's separated tracks
 
             def separated(folder: Path) -> bool:
