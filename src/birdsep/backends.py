@@ -10,6 +10,8 @@ T = window_seconds · sample_rate → (N, len(labels)) scores in [0, 1].
   ``birdsep[birdnet]``). BirdNET's model is licensed CC BY-NC-SA 4.0.
 - :class:`Trained`: a ``birdsep train-classifier`` run directory (one model or an ensemble
   whose logits are averaged); sigmoid of the species head.
+- :class:`birdsep.classification.heads.HeadsBackend`: a ``train-classifier --embeddings`` run
+  directory (heads on BirdNET embeddings; 3 s at 48 kHz).
 """
 from __future__ import annotations
 
@@ -205,4 +207,8 @@ def load_classifier(spec: str, threads: int = 1) -> Backend:
         return BirdNET(threads=threads)
     if not Path(spec).is_dir():
         raise UsageError(f"--classifier must be 'birdnet' or a train-classifier run directory; {spec}: no such folder")
+    from birdsep.classification import heads
+
+    if heads.is_heads_run(spec):  # train-classifier --embeddings: heads on BirdNET embeddings
+        return heads.HeadsBackend(spec, threads=threads)
     return Trained(spec)

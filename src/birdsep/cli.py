@@ -243,8 +243,27 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--max-windows", type=int, default=5, help="activity windows per recording (default 5)")
     p.add_argument("--no-augment", action="append", default=[], metavar="NAME",
                    help="switch off an augmentation: crop, gain, mix, noise, noise-only, lowpass (repeatable)")
+    p.add_argument("--embeddings", default=None, choices=["birdnet"],
+                   help="train the taxonomic heads on BirdNET V2.4 embeddings of the activity windows (minutes on a "
+                        "CPU; needs the birdnet extra) instead of an EfficientNet from scratch")
+    p.add_argument("--tracks", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --embeddings: also embed each window's separated tracks and train with "
+                        "multiple-instance learning over {mix, tracks} (default: on)")
+    p.add_argument("--separator", default=None, metavar="MODEL",
+                   help="with --tracks: the separator (a shipped model's name or a folder; default the shipped one)")
+    p.add_argument("--minutes", type=number, default=None,
+                   help="with --embeddings: wall-clock budget of the whole training, embeddings included")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="with --embeddings: embedding cache (default ~/.cache/birdsep/embeddings)")
 
     def run(a):
+        if a.embeddings:
+            from birdsep.classification.heads_train import train_heads
+
+            train_heads(a.data, options_from(training.ClassifierTrainOptions, a))
+            return 0
+        if a.minutes is not None:
+            raise UsageError("--minutes applies to --embeddings runs")
         require("lightning", "train", "training")
         require("timm", "train", "training")
         from birdsep.classification.train import train_classifier

@@ -115,6 +115,12 @@ class ClassifierTrainOptions(TrainOptions):
     no_augment: tuple[str, ...] = ()
     max_windows: int = 5
     augment: AugmentConfig = field(default_factory=lambda: _augment_config())  # built when used: NumPy
+    # --embeddings birdnet: heads on pretrained embeddings (birdsep.classification.heads_train)
+    embeddings: str | None = None  # None: the EfficientNet trained from scratch
+    tracks: bool = True  # embeddings of the separated tracks too, trained with multiple-instance learning
+    separator: str | None = None  # the separator of the tracks (None: the shipped default)
+    minutes: float | None = None  # wall-clock budget of the whole training
+    cache: str | None = None  # embedding cache folder (None: ~/.cache/birdsep/embeddings)
 
 
 def _augment_config() -> AugmentConfig:

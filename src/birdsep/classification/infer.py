@@ -44,9 +44,21 @@ def window_logits(model: M.Ensemble, x: np.ndarray, batch_size: int = 8) -> tupl
     return {k: np.concatenate(v) for k, v in parts.items()}, spans
 
 
-def clip_probabilities(model: M.Ensemble, x: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+def load_model(model_dir: str | os.PathLike):
+    """A train-classifier run: the EfficientNet ensemble, or heads on BirdNET embeddings
+    (:class:`birdsep.classification.heads.HeadsBackend`); both have ``cfg`` (species,
+    sample_rate, window_seconds)."""
+    from birdsep.classification import heads
+
+    return heads.HeadsBackend(model_dir) if heads.is_heads_run(model_dir) else M.load(model_dir)
+
+
+def clip_probabilities(model, x: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
     """(T,) audio at the model's rate → (spans [(start_s, end_s)] × N, bird (N,), species (N, S)),
     sigmoid probabilities per window of the model's length."""
+    if hasattr(model, "window_scores"):  # heads on embeddings
+        wins, spans = windows_of(x, model.cfg.sample_rate, model.cfg.window_seconds)
+        return spans, *model.window_scores(wins)
     logits, spans = window_logits(model, x)
     return spans, _sigmoid(logits["bird"][:, 0]), _sigmoid(logits["species"])
 
@@ -59,13 +71,14 @@ def classify_clips(model_dir: str | os.PathLike, inputs: list[str | os.PathLike]
                    threads: int | None = None, stream: TextIO | None = None) -> BatchSummary:
     """``birdsep classify-clips``: CSV on ``stream`` (stdout), through the batch runner.
 
-    ``file,start_s,end_s,bird,<species 1>,…`` with sigmoid probabilities per 5 s window; with
+    ``file,start_s,end_s,bird,<species 1>,…`` with sigmoid probabilities per window of the
+    model's length (5 s; 3 s for heads on BirdNET embeddings); with
     ``top`` = K instead ``file,start_s,end_s,rank,species,probability`` for the K most probable
     species. A file that cannot be read gets one line on stderr and the others go on.
     """
     if threads:
         torch.set_num_threads(threads)
-    model = M.load(model_dir)  # a bad run directory fails here, before any file
+    model = load_model(model_dir)  # a bad run directory fails here, before any file
     species = model.cfg.species
     header = ("file,start_s,end_s,rank,species,probability" if top
               else ",".join(["file", "start_s", "end_s", "bird", *map(_csv_field, species)]))
@@ -74,8 +87,8 @@ def classify_clips(model_dir: str | os.PathLike, inputs: list[str | os.PathLike]
                      prefix="birdsep classify-clips: ")
 
 
-def _clips_worker(model_dir, top: int | None, model: M.Ensemble | None = None):
-    model = model or M.load(model_dir)
+def _clips_worker(model_dir, top: int | None, model=None):
+    model = model or load_model(model_dir)
     species = model.cfg.species
 
     def work(path, target, progress) -> Done:
