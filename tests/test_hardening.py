@@ -388,6 +388,62 @@ def test_ctrl_c_while_workers_start_prints_no_traceback(tiny_folder, tmp_path):
                 os.kill(p, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("stop, code", [("ctrl-c", 130), ("sigterm", 143), ("stopped-by-sigterm", 143),
+                                        ("stopped-by-ctrl-c", 130)])
+def test_exit_code_is_128_plus_the_signal(monkeypatch, capsys, stop, code):
+    import birdsep.cli as cli
+    from birdsep.errors import Stopped, Terminated
+
+    raised = {"ctrl-c": KeyboardInterrupt(), "sigterm": Terminated(), "stopped-by-sigterm": Stopped(signum=15),
+              "stopped-by-ctrl-c": Stopped()}[stop]
+
+    def run(args):
+        raise raised
+
+    args = cli.build_parser().parse_args(["detect-activity", "x.wav"])
+    args.func = run  # any command, stopped
+
+    class Parser:
+        def parse_args(self, argv):
+            return args
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    assert cli.main(["detect-activity", "x.wav"]) == code
+    err = capsys.readouterr().err
+    assert ("interrupted" in err) is (stop in ("ctrl-c", "sigterm"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_ends_a_batch_with_exit_code_143(tiny_folder, tmp_path, jobs):
+    """SIGTERM (``kill``, a scheduler, a container stopping) exits 128 + 15, as shells report
+    it; Ctrl-C keeps 130. One line, no traceback, no temporary files left."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        sf.write(tmp_path / "in" / f"{k}.wav", (rng.standard_normal(SR * 120) * 0.1).astype(np.float32), SR)
+    out = tmp_path / "out"
+    parent = subprocess.Popen([sys.executable, "-m", "birdsep", "separate", str(tmp_path / "in"), "--model",
+                               str(tiny_folder), "-o", str(out), "-j", str(jobs), "--threads", "1", "-q",
+                               "--precision", "fp32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.rglob("*.tmp")):  # at work
+            time.sleep(0.1)
+            assert parent.poll() is None, parent.communicate()[1]
+        os.killpg(parent.pid, signal.SIGTERM)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 143, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "birdsep separate: interrupted", err
+        assert not list(out.rglob("*.tmp"))
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:

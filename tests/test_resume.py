@@ -213,7 +213,7 @@ def stop(trainer, launcher, run: Path, after: int, *extra) -> int:
     while time.time() < deadline and trainer.step(run) <= after:
         time.sleep(0.02)
     os.kill(pid, signal.SIGTERM)
-    assert launcher.wait(pid) == 130, log.read_text()
+    assert launcher.wait(pid) == 143, log.read_text()  # 128 + SIGTERM
     out = log.read_text()
     assert f"stopped at step {trainer.step(run)} of {trainer.steps}; carry on with --resume" in out, out
     return trainer.step(run)

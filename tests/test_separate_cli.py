@@ -180,7 +180,7 @@ def test_interrupted_batch_resumes(data_dir, tmp_path):
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_to_the_process_group_ends_a_batch_as_ctrl_c_does(data_dir, tmp_path, jobs):
-    """``kill -TERM -- -PGID`` (a scheduler ending its job): one line, exit code 130, no
+    """``kill -TERM -- -PGID`` (a scheduler ending its job): one line, exit code 143, no
     temporary files left, finished files kept, and a re-run does the rest."""
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -197,7 +197,7 @@ def test_sigterm_to_the_process_group_ends_a_batch_as_ctrl_c_does(data_dir, tmp_
         assert proc.poll() is None, proc.stderr.read()[-2000:]
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == "birdsep separate: interrupted"
     assert not list(out.rglob(".*.tmp")), "temporary files removed"
     finished = len(list(out.glob("*/separation.json")))

@@ -78,7 +78,7 @@ def test_sigterm_to_the_whole_process_group_ends_after_the_step_with_a_checkpoin
     time.sleep(3.0)  # a few steps in, far from the first periodic checkpoint
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     stopped = last_step(run)
     assert 0 < stopped < 500 and err.strip().splitlines()[-1].endswith(
         f"stopped at step {stopped} of 1000; carry on with --resume"), err[-1000:]

@@ -25,7 +25,7 @@ them, after ``header``.
 SIGTERM (``kill``, a scheduler ending its job, a container stopping) ends a batch as Ctrl-C
 does, in this process and in its worker processes: the files in flight are abandoned with
 their temporary files, finished ones are kept, and the command says "interrupted" on one
-line (exit code 130); a re-run carries on.
+line (exit code 143, where Ctrl-C gives 130); a re-run carries on.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from birdsep.claims import BUSY, FAILED, MINE, Claims
-from birdsep.errors import InputError
+from birdsep.errors import InputError, Terminated
 from birdsep.files import file_in_the_way, find_audio, make_folder, remove_temps_of
 
 ERROR_LOG = "errors.log"
@@ -178,12 +178,13 @@ class _Here:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c():
-    """Within: SIGTERM raises KeyboardInterrupt, as Ctrl-C does (where signals can be handled)."""
+    """Within: SIGTERM raises :class:`~birdsep.errors.Terminated`, a KeyboardInterrupt, as Ctrl-C
+    raises one (where signals can be handled)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

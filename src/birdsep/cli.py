@@ -16,7 +16,7 @@ import re
 import sys
 
 from birdsep import __version__, limits, training
-from birdsep.errors import InputError, Stopped, UsageError, require
+from birdsep.errors import InputError, Stopped, UsageError, exit_code, require
 from birdsep.separation import runtime
 
 DESCRIPTION = ("Separate bird songs out of field recordings with unsupervised mixture invariant training (MixIT), "
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if not isinstance(exc, Stopped):  # a Stopped run has said where it stopped
             print(f"birdsep {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)  # 130 after Ctrl-C, 143 after SIGTERM
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         import os
 

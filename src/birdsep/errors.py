@@ -8,7 +8,9 @@
                             no permission, a read-only file system, a file where a folder goes
 
 ``Stopped`` (a ``KeyboardInterrupt``) is a run the user stopped that has already said so on
-one line (where it stopped, how to carry on): the command exits with 130 and adds nothing.
+one line (where it stopped, how to carry on): the command adds nothing. ``Terminated`` is
+SIGTERM where Ctrl-C would be a ``KeyboardInterrupt``: the same clean stop. The exit code is
+128 + the signal (:func:`exit_code`): 130 after Ctrl-C, 143 after SIGTERM.
 
 A command stops on an ``InputError`` with exit code 2; a batch reports an ``InputError``
 raised for one of its files as that file's line in ``errors.log`` and goes on. Anything else
@@ -52,8 +54,29 @@ class StorageError(InputError):
         super().__init__(f"{self.path}: {reason}")
 
 
+SIGINT, SIGTERM = 2, 15
+
+
 class Stopped(KeyboardInterrupt):
-    """A run stopped by the user (Ctrl-C, SIGTERM) that has already said where it stopped."""
+    """A run stopped by the user (Ctrl-C, SIGTERM) that has already said where it stopped;
+    ``signum`` is the signal that stopped it."""
+
+    def __init__(self, *args, signum: int = SIGINT):
+        super().__init__(*args)
+        self.signum = signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler ending its job, a container stopping), raised where Ctrl-C
+    raises ``KeyboardInterrupt``: the run stops as cleanly, and exits with 143."""
+
+    signum = SIGTERM
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The exit code of a command stopped by ``stop``: 128 + its signal (130 for Ctrl-C, 143 for
+    SIGTERM), as a shell reports a process its signal ended."""
+    return 128 + getattr(stop, "signum", SIGINT)
 
 
 def require(module: str, extra: str, what: str) -> None:
@@ -64,4 +87,4 @@ def require(module: str, extra: str, what: str) -> None:
         raise UsageError(f'{what} needs the {extra} extra: pip install "birdsep[{extra}]"')
 
 
-__all__ = ["InputError", "AudioError", "UsageError", "StorageError", "Stopped", "require"]
+__all__ = ["InputError", "AudioError", "UsageError", "StorageError", "Stopped", "Terminated", "exit_code", "require"]

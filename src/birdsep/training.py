@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, NamedTuple
 
 from birdsep import files, limits
-from birdsep.errors import StorageError, Stopped, UsageError
+from birdsep.errors import SIGINT, SIGTERM, StorageError, Stopped, UsageError
 
 if TYPE_CHECKING:
     from birdsep.classification.augment import AugmentConfig
@@ -411,7 +411,7 @@ def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
             pass
     if trainer.global_step < trainer.max_steps:
         say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
-        raise Stopped
+        raise Stopped(signum=SIGTERM if getattr(trainer, "received_sigterm", False) else SIGINT)
 
 
 @contextmanager
