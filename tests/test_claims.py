@@ -148,3 +148,62 @@ def test_files_of_dead_workers_are_retried_then_given_up(tmp_path, monkeypatch, 
     assert len(s.failed) == given_up and len(s.done) == 1 - given_up
     if given_up:
         assert "its worker was lost (3 times); given up" in (out / "errors.log").read_text()
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_alive(tmp_path):
+    out = tmp_path / "out"
+    with Claims(out) as a:
+        a.take(out / "x")
+        record = claims._read(a.path(out / "x"))
+        assert record["pid_start"] == claims.process_start(os.getpid()) or record["pid_start"] is None
+        if record["pid_start"] is None:
+            pytest.skip("process start times are not known here (no /proc)")
+        with Claims(out) as b:
+            assert b.take(out / "x") == BUSY
+            assert not b.alive(a.run, a.host, a.pid, record["pid_start"] + 1)  # the same pid, another process
+
+
+def _killed_run(out, *targets, pid=2 ** 22 + 12345):
+    """What a run killed with ``kill -9`` leaves: its lease, a claim per target and a failed mark."""
+    dead = Claims(out).__enter__()
+    dead._stop.set()
+    dead.pid = pid  # a process of this host that no longer exists
+    files_of = {}
+    for t in targets:
+        dead.take(t)
+        files_of[t] = dead.path(t)
+    dead.take(out / "bad")
+    dead.failed(out / "bad", "bad.wav: cannot read audio")
+    claims.files.write_json(dead.lease, dead._lease_record())
+    return dead, files_of
+
+
+def test_a_rerun_clears_what_a_killed_run_left(tmp_path):
+    """Issue 29: a run killed with ``kill -9`` left its lease and claims; the next run clears
+    them at its start, those of files it does not redo too, and leaves nothing behind."""
+    folder, out = _inputs(tmp_path), tmp_path / "out"
+    (out / "f0").mkdir(parents=True)
+    (out / "f0" / "done").write_text("before")  # finished by the killed run, claim not yet released
+    dead, left = _killed_run(out, out / "f0", out / "f1")
+    assert dead.lease.exists() and all(c.exists() for c in left.values())
+    s = _run(folder, out)
+    assert sorted(s.done) == [str(folder / "f1.wav"), str(folder / "f2.wav")] and s.skipped == [str(folder / "f0.wav")]
+    assert not dead.lease.exists() and not any(c.exists() for c in left.values())
+    assert [p.name for p in (out / ".birdsep" / "claims").iterdir()] == [dead.path(out / "bad").name]  # a failed mark stays
+    assert [p.name for p in (out / ".birdsep").iterdir()] == ["claims"]
+
+
+def test_a_rerun_with_nothing_left_to_do_still_clears_them(tmp_path):
+    folder, out = _inputs(tmp_path), tmp_path / "out"
+    assert len(_run(folder, out).done) == 3
+    dead, left = _killed_run(out, out / "f2")
+    s = _run(folder, out)
+    assert len(s.skipped) == 3 and not dead.lease.exists() and not any(c.exists() for c in left.values())
+
+
+def test_the_claims_of_a_live_run_survive_anothers_start(tmp_path):
+    out = tmp_path / "out"
+    with Claims(out) as a:
+        a.take(out / "x")
+        with Claims(out) as b:
+            assert a.lease.exists() and a.path(out / "x").exists() and b.take(out / "x") == BUSY

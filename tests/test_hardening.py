@@ -358,6 +358,36 @@ def test_workers_die_with_a_parent_killed_with_sigkill(tiny_folder, tmp_path):
                 os.kill(p, signal.SIGKILL)
 
 
+def test_a_rerun_after_kill_9_leaves_no_stale_claims(tiny_folder, tmp_path):
+    """A batch killed with ``kill -9`` leaves its lease and claims in OUT/.birdsep; the re-run
+    takes over the file, clears the rest, and leaves the folder clean."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        sf.write(tmp_path / "in" / f"{k}.wav", (rng.standard_normal(SR * 30) * 0.1).astype(np.float32), SR)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "birdsep", "separate", str(tmp_path / "in"), "--model", str(tiny_folder), "-o",
+           str(out), "--threads", "1", "-q", "--precision", "fp32"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.rglob("*.claim")):
+            time.sleep(0.05)
+            assert parent.poll() is None, parent.communicate()[1]
+        parent.kill()
+        parent.wait()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert list((out / ".birdsep").rglob("*")), "the killed run left its lease and claims"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not (out / ".birdsep").exists(), sorted(map(str, (out / ".birdsep").rglob("*")))
+    assert len(list(out.glob("*/separation.json"))) == 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_while_workers_start_prints_no_traceback(tiny_folder, tmp_path):
     import soundfile as sf

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from birdsep.claims import BUSY, FAILED, MINE, Claims
+from birdsep.claims import BUSY, FAILED, MINE, Claims, tidy
 from birdsep.errors import InputError, Terminated
 from birdsep.files import file_in_the_way, find_audio, make_folder, remove_temps_of
 
@@ -447,6 +447,8 @@ def run_batch(inputs: list[str], out: Path | None, *, make_worker, worker_args: 
         if todo:
             claims = stack.enter_context(Claims(out, started)) if out is not None and target_for else None
             _schedule(todo, executor, claims, is_done, finish, elsewhere, bar, prefix, handed)
+        elif out is not None and target_for and out.is_dir():
+            tidy(out)  # nothing to do: still clear the claims a killed run left
     return summary
 
 

@@ -15,12 +15,16 @@ and on NFS alike. The claim names its run; the run keeps a *lease*
   time; a run started later retries it (and takes the mark over), as a re-run does without
   claims.
 * A claim is *stale* when its run's lease is gone, or older than :data:`LEASE` seconds, or
-  its process is gone (same host only). A stale claim is taken over: renamed away (only one
-  run's rename succeeds), checked to be the claim that was judged stale, then claimed anew.
+  its process is gone (same host only; a process is known by its pid and its start time, so
+  a pid the system has since given to another process does not keep a dead run alive). A
+  stale claim is taken over: renamed away (only one run's rename succeeds), checked to be
+  the claim that was judged stale, then claimed anew.
 * At its end, an interrupted one included, a run removes its lease and its claims but the
   failed marks, so a folder without failures is left as it was. A run killed with
   ``kill -9`` leaves them; they go stale after :data:`LEASE` seconds (at once for a process
-  on the same host).
+  on the same host), and the next run clears them when it starts (:meth:`Claims.sweep`):
+  the dead run's lease and its claims but the failed marks, whether or not it works on
+  their files.
 
 Clocks: staleness compares a lease's modification time with this host's clock; a lease of
 two minutes absorbs the skew of ordinary NTP-synchronised nodes.
@@ -70,7 +74,8 @@ class Claims:
         for tmp in self.claims_dir.glob(".*.tmp"):  # left by a run killed while it claimed
             if _age(tmp) > LEASE:
                 tmp.unlink(missing_ok=True)
-        files.write_json(self.lease, {"run": self.run, "host": self.host, "pid": self.pid, "started": time.time()})
+        files.write_json(self.lease, self._lease_record())
+        self.sweep()
         self._beat = threading.Thread(target=self._heartbeat, name="birdsep-lease", daemon=True)
         self._beat.start()
         return self
@@ -95,9 +100,48 @@ class Claims:
             try:
                 os.utime(self.lease)
             except FileNotFoundError:  # removed by hand: put it back
-                files.write_json(self.lease, {"run": self.run, "host": self.host, "pid": self.pid})
+                files.write_json(self.lease, self._lease_record())
             except OSError:
                 pass  # storage hiccup: try again at the next beat
+
+    def _lease_record(self) -> dict:
+        return {"run": self.run, "host": self.host, "pid": self.pid, "pid_start": process_start(self.pid),
+                "started": time.time()}
+
+    def sweep(self) -> None:
+        """Remove what dead runs left (a run killed with ``kill -9``): their claims but the
+        failed marks, then their leases. Live runs' files are not touched."""
+        try:
+            claims = list(self.claims_dir.glob("*.claim"))
+            leases = [lease for lease in self.runs_dir.glob("*.json") if lease != self.lease]
+        except OSError:
+            return
+        for claim in claims:
+            owner = _read(claim)
+            if owner is None or owner.get("state") == FAILED:
+                continue  # unreadable ones are judged by their age in take(); failed marks stay
+            if not self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid"), owner.get("pid_start")):
+                grave = claim.with_name(f"{claim.name}.{self.run}.stale")
+                try:
+                    os.rename(claim, grave)
+                except OSError:
+                    continue  # another run took it over or cleared it first
+                try:
+                    if _read(grave) != owner:  # claimed anew meanwhile: give it back
+                        try:
+                            os.link(grave, claim)
+                        except FileExistsError:
+                            pass
+                finally:
+                    grave.unlink(missing_ok=True)
+        for lease in leases:
+            record = _read(lease)
+            if record is None:
+                if _age(lease) > LEASE:
+                    lease.unlink(missing_ok=True)
+                continue
+            if not self.alive(lease.stem, record.get("host"), record.get("pid"), record.get("pid_start")):
+                lease.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ claims
 
@@ -126,7 +170,7 @@ class Claims:
                     claim.unlink(missing_ok=True)  # a claim nobody can read: garbage
                 continue
             failed = owner.get("state") == FAILED
-            if self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid")):
+            if self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid"), owner.get("pid_start")):
                 return FAILED if failed else BUSY
             if failed and owner.get("since", 0) >= self.started:  # failed by a run that overlapped this one
                 return FAILED
@@ -152,8 +196,10 @@ class Claims:
         if (_read(claim) or {}).get("run") == self.run:
             claim.unlink(missing_ok=True)
 
-    def alive(self, run: str, host: str | None = None, pid: int | None = None) -> bool:
-        """Whether the run ``run`` still holds its lease."""
+    def alive(self, run: str, host: str | None = None, pid: int | None = None, pid_start: int | None = None
+              ) -> bool:
+        """Whether the run ``run`` still holds its lease: a fresh one, and (on this host) its
+        process ``pid`` lives, and is the one that started at ``pid_start`` where that is known."""
         if run == self.run:
             return True
         lease = self.runs_dir / f"{run}.json"
@@ -168,11 +214,13 @@ class Claims:
                 return False
             except (PermissionError, ValueError, OverflowError):
                 pass
+            if pid_start is not None and process_start(pid) not in (None, pid_start):
+                return False  # the pid now names another process: the run is dead
         return fresh
 
     def _record(self, target: Path) -> dict:
-        return {"run": self.run, "host": self.host, "pid": self.pid, "target": str(target), "state": "working",
-                "since": time.time()}
+        return {"run": self.run, "host": self.host, "pid": self.pid, "pid_start": process_start(self.pid),
+                "target": str(target), "state": "working", "since": time.time()}
 
     def _create(self, claim: Path, target: Path) -> bool:
         """Make ``claim`` appear complete, unless it exists (``link`` is atomic and exclusive)."""
@@ -202,6 +250,28 @@ class Claims:
                     pass
         finally:
             grave.unlink(missing_ok=True)
+
+
+def process_start(pid) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or None where that is
+    unknown: with its pid, it names one process, as a pid alone does not once reused."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError, TypeError, OverflowError):
+        return None
+
+
+def tidy(out: Path) -> None:
+    """Clear what dead runs left in ``out`` (:meth:`Claims.sweep`), for a run with nothing to do."""
+    from birdsep.errors import StorageError
+
+    if (Path(out) / FOLDER).is_dir():
+        try:
+            with Claims(out):
+                pass
+        except (OSError, StorageError):  # a folder this run may not write: what is left stays
+            pass
 
 
 def _read(claim: Path) -> dict | None:
