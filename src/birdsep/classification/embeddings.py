@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ from birdsep import audio, files
 from birdsep.classification import activity
 from birdsep.errors import UsageError
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000  # BirdNET's input rate
 WINDOW_SECONDS = 3.0  # BirdNET's input length; also the activity windows' length here
@@ -49,7 +47,8 @@ CACHE_VERSION = 1
 
 def default_cache_dir() -> Path:
     """``$BIRDSEP_CACHE/embeddings`` (default ``~/.cache/birdsep/embeddings``)."""
-    root = os.environ.get("BIRDSEP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birdsep"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = os.environ.get("BIRDSEP_CACHE") or xdg / "birdsep"
     return Path(root) / "embeddings"
 
 
@@ -101,7 +100,8 @@ class BirdNETEmbedder:
         self.weight = self._it.get_tensor(weight).astype(np.float32)  # (L, D) the classifier's dense weights
         self.bias = self._it.get_tensor(bias).astype(np.float32)  # (L,)
         if self.weight.shape[1] != EMBEDDING_DIM:
-            raise RuntimeError(f"{model}: BirdNET's classifier layer takes {self.weight.shape[1]} features, not {EMBEDDING_DIM}")
+            raise RuntimeError(f"{model}: BirdNET's classifier layer takes {self.weight.shape[1]} features, "
+                               f"not {EMBEDDING_DIM}")
 
     def _classifier_layer(self) -> tuple[int, int, int]:
         """Tensor indices (embedding (N, D), dense weights (L, D), bias (L,)) of the op that
@@ -270,7 +270,8 @@ def embed_file(path: str | os.PathLike, embedder: BirdNETEmbedder, cache: Embedd
         x, _ = audio.load(path, SAMPLE_RATE, min_duration=0.5)
         spans, windows = activity_windows(x, max_windows)
         if mix is None:
-            mix = {"spans": spans, "mix": embedder.embed(windows) if len(windows) else np.zeros((0, EMBEDDING_DIM), np.float32)}
+            emb = embedder.embed(windows) if len(windows) else np.zeros((0, EMBEDDING_DIM), np.float32)  # (K, D)
+            mix = {"spans": spans, "mix": emb}
             cache.put(mix_key, mix)
         if tracks_key and tracks is None:
             m = separation.model.config.num_sources
