@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from birdsep import __version__
 from birdsep.errors import AudioError, UsageError
@@ -139,6 +140,15 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
         if request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
             return JSONResponse({"detail": "refused: a request from another site"}, status_code=403)
         return await call_next(request)
+
+    @app.exception_handler(ClientDisconnect)
+    async def abandoned(request, exc):  # the client went away mid-request (a closed tab, a lost network)
+        if request.url.path == "/api/upload":  # nothing was stored: the body is spooled until it is whole
+            what = f"{request.query_params.get('name', '')[:200]!r}: upload abandoned by the client"
+        else:
+            what = f"{request.url.path}: request abandoned by the client"
+        log.warning("%s", what)
+        return JSONResponse({"detail": what}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal(request, exc):  # logged; the page gets one line and the server goes on
