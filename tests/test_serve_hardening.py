@@ -80,3 +80,67 @@ def test_an_upload_the_client_abandons_is_one_line_and_leaves_nothing(tmp_path):
     uploads = [f for f in _files(out) if "uploads" in f]
     assert len(uploads) == 1 and uploads[0].endswith("whole.wav"), _files(out)
     assert _files(tmp) == [], "no partial upload left in the temporary folder"
+
+
+def test_downloads_name_no_absolute_server_path(tmp_path, monkeypatch):
+    """separation.json and the detection tables handed out by the page name a recording by its
+    id (``root label/relative path``), a model by its name, and nothing by where the server
+    keeps it (issue 29); the files on disk are left as the command line wrote them."""
+    from fastapi.testclient import TestClient
+
+    from birdsep.cli import main
+    from birdsep.outputs import Detection, paths_of, write_outputs
+    from birdsep.serve.app import ServeOptions, build
+    from birdsep.serve.library import SERVE_RTYPES, birdnet_available
+
+    root = tmp_path / "field"
+    wav = _wav(root / "site b" / "night.wav")
+    monkeypatch.chdir(tmp_path)
+    assert main(["separate", str(root), "-q"]) == 0  # → ./separated/site b/night/
+    on_disk = (tmp_path / "separated" / "site b" / "night" / "separation.json").read_text()
+    assert str(tmp_path) in on_disk  # the command line's record keeps its absolute paths
+    classifiers = ["birdnet"] if birdnet_available() else []
+    if classifiers:  # tables as `birdsep classify field --classifier birdnet` writes them
+        base = tmp_path / "detections" / "site b" / "night"
+        write_outputs(base, [Detection(str(wav), 0.0, 1.0, "Turdus merula_Eurasian Blackbird", 0.9, "source_2")],
+                      SERVE_RTYPES)
+        assert str(tmp_path) in paths_of(base, ("csv",))["csv"].read_text()
+    app, jobs = build(ServeOptions(roots=[str(root)], out=".", classifiers=classifiers))
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1:8000")
+        rid = {"id": "field/site b/night.wav"}
+        assert client.post("/api/open", params=rid).json()["state"] == "done"
+        r = client.get("/api/download", params={**rid, "what": "json"})
+        assert r.status_code == 200 and "night_separation.json" in r.headers["content-disposition"]
+        meta = json.loads(r.content)
+        assert meta["input_resolved"] == "field/site b/night.wav" and meta["model"] == "separator_stft_m4", meta
+        assert meta["sources"] == json.loads(on_disk)["sources"]
+        texts = {"json": r.text}
+        for what in ("csv", "raven", "audacity") if classifiers else ():
+            r = client.get("/api/download", params={**rid, "what": what})
+            assert r.status_code == 200, r.text
+            texts[what] = r.text
+        if classifiers:
+            assert "field/site b/night.wav" in texts["csv"] and "field/site b/night.wav" in texts["raven"]
+        for what, text in texts.items():
+            for secret in (str(tmp_path), str(Path.home()), str(REPO)):
+                assert secret not in text, (what, secret, text)
+    finally:
+        jobs.close()
+
+
+def test_public_paths():
+    from birdsep.pretrained import MODELS
+    from birdsep.serve.library import Library
+
+    lib = Library.create([str(REPO / "tests")], "/srv/birdsep-out", [])
+    home = str(Path.home())
+    assert lib.public(f"{REPO}/tests/a b/x.wav,0.5") == "tests/a b/x.wav,0.5"
+    assert lib.public(f'"{REPO}/tests"') == '"tests"'
+    assert lib.public(f"{REPO}/tests2/x.wav") == "x.wav"  # another folder: its last part only
+    assert lib.public(f"{MODELS}/separator_stft_m4") == "separator_stft_m4"
+    assert lib.public("/srv/birdsep-out/separated/x/source_1.flac") == "separated/x/source_1.flac"
+    assert lib.public(f"delete {home}/.cache/birdsep/c.json to measure again") == \
+        "delete ~/.cache/birdsep/c.json to measure again"
+    assert lib.public("see https://example.org/a/b and 3/4 of 10 s") == "see https://example.org/a/b and 3/4 of 10 s"
+    assert lib.public_json({"a": ["/opt/x y/z.wav", 1, None]}) == {"a": ["z.wav", 1, None]}

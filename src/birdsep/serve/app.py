@@ -183,6 +183,23 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
                             filename=filename)
 
+    def public_attachment(path: Path, filename: str) -> Response:
+        """A table or JSON document as a download, naming no absolute server path
+        (:meth:`Library.public`): files by their recording ids, outputs relative to the output folder."""
+        import json
+        from urllib.parse import quote
+
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            text = json.dumps(library.public_json(json.loads(text)), indent=2) + "\n"
+        else:
+            text = library.public(text)
+        quoted = quote(filename)
+        disposition = (f'attachment; filename="{filename}"' if quoted == filename
+                       else f"attachment; filename*=utf-8''{quoted}")
+        return Response(text.encode("utf-8"), headers={"Content-Disposition": disposition},
+                        media_type=MEDIA_TYPES.get(path.suffix.lower(), "text/plain; charset=utf-8"))
+
     # ------------------------------------------------------------------ the page
     @app.get("/", include_in_schema=False)
     def index():
@@ -335,14 +352,14 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
             if library.detections_csv(rec, s) is None:
                 raise NotReady(f"{rec.id}: not classified yet")
             path = paths_of(library.detections_base(rec, s), SERVE_RTYPES)["table" if what == "raven" else what]
-            return attachment(path, path.name)
+            return public_attachment(path, path.name)
         if what == "picture":
             path = folder / "separation.png"
             if not path.is_file():
                 plot_folder(folder)
             return attachment(path, f"{stem}_separation.png")
         if what == "json":
-            return attachment(folder / RESULT_NAME, f"{stem}_{RESULT_NAME}")
+            return public_attachment(folder / RESULT_NAME, f"{stem}_{RESULT_NAME}")
         raise UsageError(f"unknown download {what!r}")
 
     return app

@@ -186,6 +186,56 @@ class Library:
     def separator_path(self, s: Settings) -> str:
         return self.separators[s.separator]["path"]
 
+    # ------------------------------------------------------------------ what the page hands out
+    def public(self, text: str) -> str:
+        """``text`` (a table, a JSON document) naming no absolute server path: a file in a served
+        root as its recording id (``label/relative/path``), one under the output folder
+        relative to it, a model or classifier folder by its name, the home folder as ``~``;
+        any other absolute path by its last part."""
+        return _PUBLIC_PATH_TAIL.sub(lambda m: m[1], self._known_paths().sub(self._shown, text))
+
+    def public_json(self, blob):
+        """A JSON value with :meth:`public` applied to every string; a string that is still an
+        absolute path becomes its last part."""
+        if isinstance(blob, dict):
+            return {k: self.public_json(v) for k, v in blob.items()}
+        if isinstance(blob, list):
+            return [self.public_json(v) for v in blob]
+        if isinstance(blob, str):
+            shown = self._known_paths().sub(self._shown, blob)
+            return os.path.basename(shown.rstrip("/")) if os.path.isabs(shown) else self.public(shown)
+        return blob
+
+    def _known_paths(self) -> re.Pattern:
+        from birdsep.pretrained import MODELS
+
+        if getattr(self, "_paths", None) is None:
+            shown: dict[str, str] = {}
+
+            def add(path, label: str) -> None:
+                for form in {str(path), str(Path(path).resolve())}:
+                    if os.path.isabs(form) and form != os.sep:
+                        shown.setdefault(form.rstrip(os.sep), label)
+
+            for root in self.roots.values():
+                add(root.folder, root.label)
+            add(MODELS, "")  # a shipped model by its name
+            for spec in self.classifiers.values():
+                if spec != "birdnet":
+                    add(Path(spec).parent, "")  # a trained classifier by its run folder's name
+            add(self.out, "")
+            add(Path.home(), "~")
+            self._shown_as = shown
+            forms = sorted(shown, key=len, reverse=True)  # the most specific first
+            self._paths = re.compile("(" + "|".join(map(re.escape, forms)) + r")(/|(?![^\s\"',;:)\]]))")
+        return self._paths
+
+    def _shown(self, m: re.Match) -> str:
+        label = self._shown_as[m[1]]
+        if m[2]:
+            return f"{label}/" if label else ""
+        return label or "."
+
     # ------------------------------------------------------------------ paths
     def resolve(self, rid: str) -> Recording:
         """The recording an id names; raises Refused (traversal, not audio) or NotFound."""
@@ -320,6 +370,10 @@ class Library:
         finally:
             tmp.unlink(missing_ok=True)
         return self.resolve(f"uploads/{final.parent.name}/{safe}")
+
+
+#: An absolute path the library does not know (no spaces): shown by its last part.
+_PUBLIC_PATH_TAIL = re.compile(r"(?<![\w.~/])/(?:[^\s\"',;:/]+/)+([^\s\"',;:/]+)")
 
 
 def check_readable(path: Path, name: str) -> None:
