@@ -35,7 +35,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -45,31 +44,11 @@ from typing import Callable, TextIO
 from birdsep.claims import BUSY, FAILED, MINE, Claims, tidy
 from birdsep.errors import InputError, Terminated
 from birdsep.files import file_in_the_way, find_audio, make_folder, remove_temps_of
+from birdsep.task import Done, Lost, Progress, Result, Work, guarded  # noqa: F401 (Done, Progress: the commands')
 
 ERROR_LOG = "errors.log"
 MAX_TRIES = 3  # a file whose worker died this many times is reported as failed, not tried again
 LOOK_AGAIN = 5.0  # seconds between looks at the files another run is working on
-
-
-@dataclass(frozen=True)
-class Done:
-    """One file's result: its seconds of audio and, for printing commands, its output lines."""
-
-    seconds: float
-    lines: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Lost:
-    """A file whose worker died under it (it goes back to the queue)."""
-
-    path: str
-    reason: str
-
-
-Progress = Callable[[float], None]  # the fraction of a file done, 0 to 1
-Work = Callable[[Path, "Path | None", Progress], Done]
-Result = tuple[str, "Done | None", "str | None", "str | None"]  # path, result, error line, traceback
 
 
 @dataclass
@@ -84,16 +63,6 @@ class BatchSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
-
-
-def guarded(work: Work, path: str, target: str | None, progress: Progress) -> Result:
-    """Run ``work`` on one file; a failure becomes one line (and a traceback for internal errors)."""
-    try:
-        return path, work(Path(path), Path(target) if target else None, progress), None, None
-    except InputError as exc:
-        return path, None, str(exc), None
-    except Exception as exc:  # keep the batch going; the details go to errors.log
-        return path, None, f"{path}: internal error ({type(exc).__name__}: {exc})", traceback.format_exc()
 
 
 def threads_per_job(threads: int | None, jobs: int | None, cluster: str | None = None) -> int:

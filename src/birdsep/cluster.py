@@ -17,7 +17,7 @@ processes":
   error line) comes back as a value, so a file that fails for a reason of its own is reported
   once by the runner and not retried.
 * **Faults.** A worker whose process or node dies loses its file: the runner is told
-  (:class:`~birdsep.batch.Lost`) and gives the file to another worker; a replacement worker
+  (:class:`~birdsep.task.Lost`) and gives the file to another worker; a replacement worker
   is started and joins when the cluster has room for it.
 * **Progress.** Busy workers are asked about once a second how far their file has got, so the
   bar counts hours of audio across the cluster, within long files too.
@@ -36,8 +36,8 @@ import sys
 import time
 from typing import Callable
 
-from birdsep.batch import Lost, Result, guarded
 from birdsep.errors import UsageError, require
+from birdsep.task import Lost, Result, guarded
 
 ASK_EVERY = 1.0  # seconds between progress questions to a busy worker
 WAIT_NOTICE = 60.0  # say so when no worker has been ready for this long
