@@ -133,6 +133,22 @@ def test_birdnet_extra_missing_is_one_clear_line(monkeypatch, capsys):
                    'pip install "birdsep[birdnet]"']
 
 
+def test_detector_takes_the_separator_already_loaded(tmp_path, monkeypatch):
+    """The page hands its loaded separator and settled runtime over: nothing is loaded or measured again."""
+    from birdsep import pretrained
+    from birdsep.classification import model as M
+    from birdsep.separation.runtime import Runtime
+
+    cfg = M.ClassifierConfig(species=("european_robin", "blackcap"), genus=("Erithacus", "Sylvia"),
+                             family=("Muscicapidae", "Sylviidae"), order=("Passeriformes",))
+    M.save(M.Ensemble(cfg), tmp_path / "run")
+    separator = pretrained.load_model(None)
+    monkeypatch.setattr(pretrained, "load_model", lambda *a, **k: pytest.fail("the separator was loaded again"))
+    rt = Runtime("cpu", "fp32", "settled by the page")
+    det = Detector(ClassifyOptions(classifier=str(tmp_path / "run"), mode="separated", threads=1), rt, separator)
+    assert det.separator is separator and det.rt is rt and det.model_sha256
+
+
 def test_bad_classifier_and_options(tmp_path, capsys):
     assert main(["classify", str(tmp_path), "--classifier", str(tmp_path / "no_run")]) == 2
     assert "no such folder" in capsys.readouterr().err

@@ -212,3 +212,20 @@ def test_auto_precision_in_doubt_is_not_remembered(monkeypatch, tmp_path):
     assert choice == {**choice, "precision": "bf16", "rounds": 1, "confident": True}
     assert R.choices_file().is_file()
     R.forget(model)
+
+
+def test_settle_is_the_one_place_device_and_precision_are_decided():
+    """runtime.settle: what the commands, the API, the page and each Ray worker call."""
+    from birdsep.errors import UsageError
+
+    given = R.Runtime("cpu", "bf16", "measured before")
+    loaded = []
+    model, rt = R.settle("auto", "auto", load=lambda device: loaded.append(device) or "model", given=given)
+    assert (model, rt, loaded) == ("model", given, ["cpu"])  # loaded on the given device, nothing measured again
+    assert R.settle("cpu", "bf16") == (None, R.Runtime("cpu", "fp32", "no separator"))
+    tiny = randomised(TINY)
+    assert R.settle("cpu", "fp32", model=tiny) == (tiny, R.Runtime("cpu", "fp32", "fp32 as asked"))
+    model, rt = R.settle("cpu", "bf16", load=lambda device: tiny)
+    assert model is tiny and rt == R.Runtime("cpu", "bf16", "bf16 as asked")
+    with pytest.raises(UsageError, match="unknown precision"):
+        R.settle("cpu", "fp16", model=tiny)

@@ -12,13 +12,11 @@ the command line checks them (:mod:`birdsep.limits`): a value out of range raise
 """
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import torch
 
 from birdsep import audio, limits
-from birdsep.pretrained import load_model, probe_audio
+from birdsep.pretrained import load_model
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_array
 
@@ -40,7 +38,7 @@ def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None 
     x = _mono(waveform, layout)  # (T,)
     sep = _separator(model)
     sr_model = sep.config.sample_rate
-    rt = _runtime(sep, device, precision)
+    _, rt = runtime.settle(device, precision, model=sep)
     settings = BlockSettings(block_seconds, overlap, rt.device, rt.precision)
     y = separate_array(sep, audio.resample(x, sample_rate, sr_model), sr_model, settings)  # (M, T_model)
     y = audio.resample(y, sr_model, rate)
@@ -73,7 +71,7 @@ def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "m
     x = _mono(waveform, layout)
     backend = load_classifier(classifier, threads=threads) if isinstance(classifier, str) else classifier
     sep = _separator(separator) if mode != "mix" else None
-    rt = _runtime(sep, device, precision) if sep is not None else runtime.Runtime(runtime.resolve_device(device))
+    _, rt = runtime.settle(device, precision, model=sep)
     rule = rule_for(mode)
     tracks_for = separating(sep, backend.sample_rate, rt) if sep is not None else None
     fs = score_array(x, sample_rate, backend, tracks_for, window=window, overlap=overlap / window,
@@ -97,7 +95,3 @@ def _mono(waveform, layout: str) -> np.ndarray:
 
 def _separator(model):
     return model if isinstance(model, torch.nn.Module) else load_model(model)
-
-
-def _runtime(sep, device: str, precision: str) -> runtime.Runtime:
-    return runtime.resolve(device, precision, sep, partial(probe_audio, sep.config.sample_rate))

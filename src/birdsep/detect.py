@@ -349,28 +349,27 @@ def is_done(base: Path, rtype: tuple[str, ...] = ClassifyOptions.rtype) -> bool:
 
 class Detector:
     """A loaded classifier (+ separator when the mode needs one), the species kept, the
-    combination rule, the options and the runtime (``rt``: resolved from the options' device and
-    precision unless given)."""
+    combination rule, the options and the runtime (``rt``: settled from the options' device and
+    precision unless given). ``separator``: ``opts.model`` already loaded on ``rt``'s device
+    (the page keeps one per model), so that it is not loaded twice."""
 
-    def __init__(self, opts: ClassifyOptions, rt: Runtime | None = None):
+    def __init__(self, opts: ClassifyOptions, rt: Runtime | None = None, separator=None):
         from birdsep.backends import load_classifier
 
         self.opts = opts
-        self.rt = rt or Runtime(runtime.resolve_device(opts.device), "fp32", "no separator")
         self.classifier = load_classifier(opts.classifier, threads=opts.threads or _torch_threads())
         labels = self.classifier.labels
         self.keep = location_mask(labels, opts) if opts.location else species_mask(labels, opts.species_list)
         self.rule = rule_for(opts.mode, opts.combine)
-        self.separator = None
-        if opts.mode != "mix":
-            from birdsep.pretrained import load_model, probe_audio, resolve, weights_sha256
+        if opts.mode == "mix":
+            self.separator, self.rt = runtime.settle(opts.device, opts.precision, given=rt)
+            return
+        from birdsep.pretrained import load_model, resolve, weights_sha256
 
-            self.model_folder = resolve(opts.model)
-            self.separator = load_model(self.model_folder, self.rt.device)
-            self.model_sha256 = weights_sha256(self.model_folder)
-            if rt is None:
-                probe = partial(probe_audio, self.separator.config.sample_rate)
-                self.rt = runtime.resolve(self.rt.device, opts.precision, self.separator, probe)
+        self.model_folder = resolve(opts.model)
+        load = partial(load_model, self.model_folder) if separator is None else None
+        self.separator, self.rt = runtime.settle(opts.device, opts.precision, load=load, model=separator, given=rt)
+        self.model_sha256 = weights_sha256(self.model_folder)
 
     def tracks_for(self, path: Path, base: Path | None = None, tracks: list[Path] | None = None) -> TracksFor | None:
         """Where a file's tracks come from: ``tracks`` (files) if given; ``birdsep separate``'s

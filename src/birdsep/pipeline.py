@@ -325,27 +325,17 @@ def plot_folder(folder: Path) -> Path:
 # ------------------------------------------------------------------------------ batches
 
 
-def _settled(model_folder: str, opts: SeparateOptions, rt: Runtime | None = None):
-    """(the model on its device, the runtime): ``rt`` as given, or settled here, for this
-    machine's hardware."""
-    from birdsep.pretrained import load_model, probe_audio
-
-    device = rt.device if rt else runtime.resolve_device(opts.device)
-    model = load_model(model_folder, device)
-    return model, rt or runtime.resolve(device, opts.precision, model, partial(probe_audio, model.config.sample_rate))
-
-
 def _separator_worker(model: str, opts: SeparateOptions, rt: Runtime | None, loaded=None):
     """Load the model once per process; return work(path, folder, progress) -> Done.
 
     ``model``: as ``--model`` takes it. ``rt`` None: the device and precision are settled here
     (a Ray worker, on its node's hardware)."""
-    from birdsep.pretrained import resolve
+    from birdsep.pretrained import load_model, resolve
 
     runtime.tune_allocator()
     model_folder = str(resolve(model))
     if loaded is None:
-        loaded, rt = _settled(model_folder, opts, rt)
+        loaded, rt = runtime.settle(opts.device, opts.precision, load=partial(load_model, model_folder), given=rt)
     return lambda path, folder, progress: Done(separate_file(path, folder, loaded, opts, rt, model_folder,
                                                              progress)["duration_s"])
 
@@ -364,7 +354,7 @@ def separate_batch(inputs: list[str], opts: SeparateOptions) -> BatchSummary:
     out = Path(opts.out)
     model_folder = resolve(opts.model)
     if opts.ray is None:
-        model, rt = _settled(str(model_folder), opts)
+        model, rt = runtime.settle(opts.device, opts.precision, load=partial(load_model, str(model_folder)))
         worker_args = (str(model_folder), opts, rt)
         work = _separator_worker(*worker_args, model)
     else:

@@ -35,6 +35,7 @@ import sys
 import time
 import weakref
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from birdsep.errors import UsageError
@@ -102,6 +103,26 @@ def resolve(device: str = "auto", precision: str = "auto", model=None, probe=Non
         return Runtime(dev, "fp32", "fp32: nothing to measure on")
     choice = choose_precision(model, dev, probe)
     return Runtime(dev, choice["precision"], choice["reason"])
+
+
+def settle(device: str = "auto", precision: str = "auto", *, load=None, model=None, given: Runtime | None = None):
+    """``(separator, Runtime)``: where ``--device`` and ``--precision`` become a choice, the one
+    function every command, the API, the page and each Ray worker call.
+
+    ``load``: a function ``device -> separator`` (the model is loaded on the settled device), or
+    ``model``: a separator already loaded; neither: no separator (fp32, nothing to choose). ``given``: a Runtime settled before (by the driver, by the page's first job),
+    kept as it is, so nothing is measured twice; the model is then loaded on its device.
+    ``auto`` precision measures on the bundled probe recording at the model's rate."""
+    dev = given.device if given is not None else resolve_device(device)
+    if load is not None:
+        model = load(dev)
+    if given is not None:
+        return model, given
+    if model is None:
+        return None, Runtime(dev, "fp32", "no separator")
+    from birdsep.pretrained import probe_audio
+
+    return model, resolve(dev, precision, model, partial(probe_audio, model.config.sample_rate))
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -53,13 +53,11 @@ class Worker:
 
     def _separator(self, s: Settings):
         """(model, runtime) of ``s``'s separator, loaded and its precision settled once."""
-        from birdsep.pretrained import load_model, probe_audio
+        from birdsep.pretrained import load_model
 
         if s.separator not in self._separators:
-            device = runtime.resolve_device(self.device)
-            model = load_model(self.library.separator_path(s), device)
-            rt = runtime.resolve(device, self.precision, model, partial(probe_audio, model.config.sample_rate))
-            self._separators[s.separator] = (model, rt)
+            load = partial(load_model, self.library.separator_path(s))
+            self._separators[s.separator] = runtime.settle(self.device, self.precision, load=load)
         return self._separators[s.separator]
 
     def _detector(self, s: Settings):
@@ -73,5 +71,6 @@ class Worker:
                                    precision=self.precision, threads=self.threads or os.cpu_count() or 1,
                                    progress=False)
             opts.check()
-            self._detectors[key] = Detector(opts, self._separator(s)[1])  # no second precision measurement
+            model, rt = self._separator(s)
+            self._detectors[key] = Detector(opts, rt, model)  # the same model, and no second measurement
         return self._detectors[key]
