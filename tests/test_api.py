@@ -72,3 +72,19 @@ def test_classify_scores_the_mix_and_the_tracks(tiny):
     np.testing.assert_allclose(mix_only.mix, res.mix, atol=1e-6)
     with pytest.raises(ValueError, match="mode"):
         birdsep.classify(x, SR, Tones(), mode="both")
+
+
+def test_classify_takes_the_combination_rule_by_name(tiny):
+    """``combine=`` names a rule as ``classify --combine`` does, and is refused as it is."""
+    x = _stereo(3.0)
+    kw = dict(separator=tiny, window=1.0, precision="fp32", device="cpu")
+    paper = birdsep.classify(x, SR, Tones(), combine="max", **kw)
+    np.testing.assert_allclose(paper.scores, np.maximum(paper.mix, paper.separated.max(1)), rtol=1e-5)
+    assert paper.denoised is None  # the paper's max hears the tracks as they come, nothing denoised
+    with pytest.raises(ValueError, match="combine must be one of default, max"):
+        birdsep.classify(x, SR, Tones(), combine="loudest", **kw)
+    from birdsep.detect import ClassifyOptions
+    from birdsep.errors import UsageError
+
+    with pytest.raises(UsageError, match="--combine must be one of default, max"):  # the CLI's words
+        ClassifyOptions(combine="loudest").check()

@@ -133,6 +133,22 @@ def test_birdnet_extra_missing_is_one_clear_line(monkeypatch, capsys):
                    'pip install "birdsep[birdnet]"']
 
 
+def test_modes_and_rules_come_from_one_definition():
+    import argparse
+
+    from birdsep import modes
+    from birdsep.cli import build_parser
+    from birdsep.combination import RULES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: a for a in sub.choices["classify"]._actions}
+    assert tuple(flags["mode"].choices) == modes.MODES and flags["mode"].default == ClassifyOptions().mode
+    assert flags["combine"].default == ClassifyOptions().combine == modes.DEFAULT_RULE in RULES
+    assert modes.rule_names() == tuple(RULES) and modes.POOLED in modes.MODES
+    with pytest.raises(UsageError, match="--mode must be one of mix, separated, mix[+]separated, not 'both'"):
+        ClassifyOptions(mode="both").check()
+
+
 def test_detector_takes_the_separator_already_loaded(tmp_path, monkeypatch):
     """The page hands its loaded separator and settled runtime over: nothing is loaded or measured again."""
     from birdsep import pretrained

@@ -185,6 +185,42 @@ def test_birdnet_location_filter_is_a_setting(tree, tmp_path):
         trained.settings(lat=47.5, lon=7.6)
 
 
+def test_combine_is_a_setting_from_the_cli_definition(tree, tmp_path):
+    """The page offers classify's modes and --combine rules from their one definition, checks
+    them as the command line does, keeps a rule's results in their own detections folder (in the
+    pooling mode only) and hands the rule, and the separator it already loaded, to the detector."""
+    from birdsep.classification import model as M
+    from birdsep.combination import RULES
+    from birdsep.detect import ClassifyOptions
+    from birdsep.modes import MODES, POOLED
+    from birdsep.serve.work import Worker
+
+    client = _client(tree, tmp_path)
+    c = client.get("/api/config").json()
+    assert c["modes"] == list(MODES) and c["rules"] == list(RULES) and c["pooled_mode"] == POOLED
+    assert c["defaults"]["combine"] == ClassifyOptions().combine
+    rid = {"id": "recordings/dawn.wav"}
+    r = client.get("/api/status", params={**rid, "combine": "loudest"})
+    assert r.status_code == 400 and "choose from default, max" in r.json()["detail"]
+    assert client.get("/api/status", params={**rid, "combine": "max"}).json()["settings"]["combine"] == "max"
+    client.jobs.close()
+
+    cfg = M.ClassifierConfig(species=("european_robin", "blackcap"), genus=("Erithacus", "Sylvia"),
+                             family=("Muscicapidae", "Sylviidae"), order=("Passeriformes",))
+    M.save(M.Ensemble(cfg), tmp_path / "runs" / "mine")
+    library = Library.create([tree], tmp_path / "out", classifiers=[str(tmp_path / "runs" / "mine")])
+    rec = library.resolve("recordings/dawn.wav")
+    paper = library.settings(combine="max")
+    assert paper.combine == "max" and "combine" not in library.defaults.to_dict()  # the default: folders as before
+    assert library.detections_base(rec, paper) != library.detections_base(rec, library.defaults)
+    assert library.settings(mode="mix", combine="max") == library.settings(mode="mix")  # nothing pooled: the same
+    worker = Worker(library, device="cpu", precision="fp32", threads=1)
+    detector = worker._detector(paper)
+    assert detector.opts.combine == "max" and detector.rule is RULES["max"]
+    model, rt = worker._separator(paper)
+    assert detector.separator is model and detector.rt is rt  # loaded once, settled once
+
+
 def test_upload_limit(tree, tmp_path):
     client = _client(tree, tmp_path, max_upload_mb=0.01)  # 10 kB
     big = io.BytesIO()

@@ -149,6 +149,29 @@ def test_birdnet_location_fields_follow_the_classifier(page, server):
     assert page.is_hidden("#error")  # the folder listing took the settings
 
 
+def test_combine_rule_follows_the_mode(page, server):
+    """classify's --combine rules show next to the mode that pools (mix+separated) only, go into
+    the address when not the default and come back from it."""
+    page.goto("/")
+    page.wait_for_function("() => birdsep.config")
+    config = page.evaluate("() => birdsep.config")
+    assert page.input_value("#mode") == config["pooled_mode"] and page.is_visible("#combine")
+    options = page.eval_on_selector_all("#combine option", "els => els.map((e) => e.value)")
+    assert options == config["rules"] and page.input_value("#combine") == config["defaults"]["combine"]
+    page.select_option("#combine", "max")
+    page.dispatch_event("#settings", "change")
+    page.wait_for_function("() => location.hash.includes('combine=max')")
+    page.select_option("#mode", "mix")
+    page.dispatch_event("#settings", "change")
+    page.wait_for_function("() => !location.hash.includes('combine=')")
+    assert not page.is_visible("#combine")
+    page.goto("/#/?combine=max")
+    page.wait_for_function("() => document.querySelector('#combine').value === 'max'")
+    assert page.input_value("#mode") == config["pooled_mode"] and page.is_visible("#combine")
+    page.wait_for_selector("#library .root[data-root='field']", timeout=30_000)
+    assert page.is_hidden("#error")  # the folder listing took the setting
+
+
 def test_already_processed_opens_at_once_and_a_second_tab_shares_the_job(page, server, browser):
     open_view(page)  # the example, done by the test before: no job, no progress
     assert page.locator("#progress").is_hidden()

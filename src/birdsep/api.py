@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from birdsep import audio, limits
+from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, check_mode
 from birdsep.pretrained import load_model
 from birdsep.separation import runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_array
@@ -47,36 +48,38 @@ def separate(waveform, sample_rate: int, model=None, *, output_rate: int | None 
     return (torch.from_numpy(np.ascontiguousarray(y)) if isinstance(waveform, torch.Tensor) else y), rate
 
 
-def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = "mix+separated", separator=None,
-             window: float = 5.0, overlap: float = 0.0, device: str = "auto", precision: str = "auto",
-             layout: str = "auto", threads: int = 1):
+def classify(waveform, sample_rate: int, classifier="birdnet", *, mode: str = DEFAULT_MODE,
+             combine: str = DEFAULT_RULE, separator=None, window: float = 5.0, overlap: float = 0.0,
+             device: str = "auto", precision: str = "auto", layout: str = "auto", threads: int = 1):
     """Species scores per window of ``waveform``, from the mix, its separated tracks, or both
     (the paper's §2.5; what ``birdsep classify`` writes as tables).
 
     classifier: ``"birdnet"`` (the birdnet extra), a ``train-classifier`` run directory, or a
     loaded backend (:mod:`birdsep.backends`). separator: as :func:`separate`'s ``model``.
-    window, overlap: seconds, as ``birdsep classify --window/--overlap``; mode ``mix+separated``
-    pools the scores with birdsep's default rule (:data:`birdsep.combination.DEFAULT`).
+    mode: one of :data:`birdsep.modes.MODES`, as ``--mode``; combine: how ``mix+separated``
+    pools the scores, as ``--combine``: a name in :data:`birdsep.combination.RULES` (``default``,
+    birdsep's rule :data:`birdsep.combination.DEFAULT`; ``max``, the paper's).
+    window, overlap: seconds, as ``birdsep classify --window/--overlap``.
     Returns a :class:`birdsep.detect.Classification`: ``labels`` (L,), ``spans`` (N, 2) in
     seconds, ``mix`` (N, L) and/or ``separated`` (N, M, L) scores, ``scores`` (N, L) and
     ``channel`` (N, L) for ``mode``, and ``rows()`` / ``to_pandas()`` as a table.
     """
     from birdsep.backends import load_classifier
-    from birdsep.detect import MODES, Classification, combine, rule_for, score_array, separating
+    from birdsep.detect import Classification, rule_for, score_array, separating
+    from birdsep.detect import combine as pooled
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    check_mode(mode, combine, ("mode", "combine"), ValueError)
     sample_rate = limits.sample_rate(sample_rate, "sample_rate")
     window, overlap = limits.windows(window, overlap)
     x = _mono(waveform, layout)
     backend = load_classifier(classifier, threads=threads) if isinstance(classifier, str) else classifier
     sep = _separator(separator) if mode != "mix" else None
     _, rt = runtime.settle(device, precision, model=sep)
-    rule = rule_for(mode)
+    rule = rule_for(mode, combine)
     tracks_for = separating(sep, backend.sample_rate, rt) if sep is not None else None
     fs = score_array(x, sample_rate, backend, tracks_for, window=window, overlap=overlap / window,
                      mix=mode != "separated", inputs=rule.inputs)
-    scores, channel = combine(mode, fs, rule)
+    scores, channel = pooled(mode, fs, rule)
     return Classification(list(backend.labels), np.asarray(fs.spans, np.float64).reshape(-1, 2), fs.mix,
                           fs.tracks.get(rule.input), scores, channel, mode,
                           fs.tracks[rule.denoise_input][:, 0] if rule.denoised else None)

@@ -17,6 +17,7 @@ import sys
 
 from birdsep import __version__, limits, training
 from birdsep.errors import InputError, Stopped, UsageError, exit_code, require
+from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, MODES
 from birdsep.separation import runtime
 
 DESCRIPTION = ("Separate bird songs out of field recordings with unsupervised mixture invariant training (MixIT), "
@@ -346,9 +347,9 @@ def _add_classify(sub) -> None:
     _alias(p, "--output", "out")
     p.add_argument("--classifier", default="birdnet", metavar="birdnet|RUN_DIR",
                    help="'birdnet' (the default; needs the birdnet extra) or a train-classifier run directory")
-    p.add_argument("--mode", default="mix+separated", choices=["mix", "separated", "mix+separated"],
-                   help="score the mix, the separated tracks, or both (default mix+separated)")
-    p.add_argument("--combine", default="default",
+    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES,
+                   help=f"score the mix, the separated tracks, or both (default {DEFAULT_MODE})")
+    p.add_argument("--combine", default=DEFAULT_RULE,
                    help="how mix+separated pools the scores: birdsep's default rule, or the paper's max over the mix "
                         "and every track (see docs/classify.md)")
     p.add_argument("--window", type=number, default=5.0, help="window length in seconds (default 5)")

@@ -33,6 +33,7 @@ from birdsep import audio, combination, files, limits
 from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.combination import DEFAULT, RAW, Rule, TrackInput, track_levels
 from birdsep.errors import UsageError
+from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, POOLED, check_mode
 from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combined, write_outputs
 from birdsep.separation import runtime
 from birdsep.separation.runtime import Runtime
@@ -40,7 +41,6 @@ from birdsep.taxonomy import label_names, read_species_list
 
 log = logging.getLogger(__name__)
 
-MODES = ("mix", "separated", "mix+separated")
 PIECE_SECONDS = 60.0
 
 
@@ -48,8 +48,8 @@ PIECE_SECONDS = 60.0
 class ClassifyOptions:
     out: str = "detections"
     classifier: str = "birdnet"  # "birdnet" or a train-classifier run directory
-    mode: str = "mix+separated"
-    combine: str = "default"  # the rule of mix+separated: a name in combination.RULES
+    mode: str = DEFAULT_MODE  # one of MODES
+    combine: str = DEFAULT_RULE  # the rule of mix+separated: a name in combination.RULES
     window: float = 5.0
     overlap: float = 0.0  # seconds shared by consecutive windows (BirdNET-Analyzer's --overlap)
     min_conf: float = 0.1
@@ -74,10 +74,7 @@ class ClassifyOptions:
         from birdsep.backends import check_location, check_sensitivity
         from birdsep.outputs import RTYPES
 
-        if self.mode not in MODES:
-            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.combine not in combination.RULES:
-            raise UsageError(f"--combine must be one of {', '.join(combination.RULES)}, not {self.combine!r}")
+        check_mode(self.mode, self.combine)
         limits.windows(self.window, self.overlap, ("--window", "--overlap"))
         if not 0 <= self.min_conf <= 1:
             raise UsageError(f"--min-conf must be in [0, 1], not {self.min_conf:g}")
@@ -247,10 +244,10 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
     return FileScores(spans, mix_out, track_out, levels)
 
 
-def rule_for(mode: str, name: str = "default") -> Rule:
+def rule_for(mode: str, name: str = DEFAULT_RULE) -> Rule:
     """The combination rule of a mode: ``--combine``'s for mix+separated; "separated" is the
     best of the tracks as they come (the paper's)."""
-    return combination.RULES[name] if mode == "mix+separated" else combination.PAPER
+    return combination.RULES[name] if mode == POOLED else combination.PAPER
 
 
 def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +255,7 @@ def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray
     tracks = fs.tracks.get(rule.input) if mode != "mix" else None
     if mode != "mix" and tracks is None:
         raise ValueError(f"no scores for {rule.input.name}")
-    denoised = fs.tracks.get(rule.denoise_input) if mode == "mix+separated" and rule.denoised else None
+    denoised = fs.tracks.get(rule.denoise_input) if mode == POOLED and rule.denoised else None
     return combination.combine(rule, mode, fs.mix, tracks, fs.levels, None if denoised is None else denoised[:, 0])
 
 

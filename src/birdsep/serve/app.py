@@ -1,10 +1,11 @@
 """The HTTP API behind the page (FastAPI) and ``birdsep serve`` itself (uvicorn).
 
 Every endpoint that touches a file takes a recording ``id`` and goes through
-:meth:`Library.resolve`; settings (``separator``, ``classifier``, ``mode``, ``min_conf``) are
-query parameters checked by :meth:`Library.settings`. Errors are JSON ``{"detail": one line}``
-with 400 (bad choice), 403 (refused path), 404 (no such thing), 409 (not processed yet), 413
-(upload too large), 422 (unreadable audio) or 500; none of them stops the server.
+:meth:`Library.resolve`; settings (``separator``, ``classifier``, ``mode``, ``combine``,
+``min_conf``, ``lat``, ``lon``, ``week``) are query parameters checked by
+:meth:`Library.settings`. Errors are JSON ``{"detail": one line}`` with 400 (bad choice), 403
+(refused path), 404 (no such thing), 409 (not processed yet), 413 (upload too large), 422
+(unreadable audio) or 500; none of them stops the server.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
     address the connection arrived at (:func:`host_allowed`), so that a web site cannot reach
     the API through a DNS name of its own pointed at this machine (DNS rebinding), whatever
     address the server listens on."""
-    from birdsep.detect import MODES
+    from birdsep.modes import MODES, POOLED, rule_names
     from birdsep.outputs import paths_of, read_table
     from birdsep.pipeline import RESULT_NAME, levels_db, plot_folder, track_files
     from birdsep.plots import SCALES
@@ -157,8 +158,8 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
 
     def settings(separator: str | None = None, classifier: str | None = None, mode: str | None = None,
                  min_conf: float | None = None, lat: float | None = None, lon: float | None = None,
-                 week: int | None = None) -> Settings:
-        return library.settings(separator, classifier, mode, min_conf, lat, lon, week)
+                 week: int | None = None, combine: str | None = None) -> Settings:
+        return library.settings(separator, classifier, mode, min_conf, lat, lon, week, combine)
 
     def recording(id: str) -> Recording:  # noqa: A002 (the query parameter's name)
         return library.resolve(id)
@@ -222,6 +223,8 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
                             for k, v in library.classifiers.items()],
             "defaults": asdict(library.defaults),
             "modes": list(MODES),
+            "rules": list(rule_names()),  # what `combine` takes: the pooling of mode `pooled_mode`
+            "pooled_mode": POOLED,
             "scales": list(SCALES),
             "upload_limit_bytes": upload_limit,
             "example": f"example/{EXAMPLE_RECORDING.name}",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from birdsep import audio, files
 from birdsep.errors import AudioError, UsageError
+from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, MODES, POOLED, rule_names
 
 SERVE_DIR = "birdsep-serve"
 MAX_LISTED = 5000  # recordings listed per root
@@ -78,17 +79,20 @@ class Settings:
 
     separator: str  # a shipped separator's name
     classifier: str | None  # a label from Library.classifiers, None: separate only
-    mode: str = "mix+separated"
+    mode: str = DEFAULT_MODE  # one of birdsep.modes.MODES
     min_conf: float = 0.1
     lat: float | None = None  # BirdNET's location and season filter (classify --lat/--lon/--week)
     lon: float | None = None
     week: int = -1
+    combine: str = DEFAULT_RULE  # classify --combine: a name in birdsep.combination.RULES (mode mix+separated)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.lat is None:  # no filter: the same folder names as before the filter existed
             for k in ("lat", "lon", "week"):
                 d.pop(k)
+        if self.combine == DEFAULT_RULE:  # likewise for the default rule
+            d.pop("combine")
         return d
 
 
@@ -145,17 +149,17 @@ class Library:
         opts = ClassifyOptions()
         default_sep = next(n for n, s in separators.items() if s["default"]) if any(
             s["default"] for s in separators.values()) else next(iter(separators))
-        defaults = Settings(default_sep, next(iter(found), None), opts.mode, opts.min_conf)
+        defaults = Settings(default_sep, next(iter(found), None), opts.mode, opts.min_conf, combine=opts.combine)
         return cls(labels, out, separators, found, defaults)
 
     # ------------------------------------------------------------------ settings
     def settings(self, separator: str | None = None, classifier: str | None = None, mode: str | None = None,
                  min_conf: float | None = None, lat: float | None = None, lon: float | None = None,
-                 week: int | None = None) -> Settings:
+                 week: int | None = None, combine: str | None = None) -> Settings:
         """Settings from the page's choices (None: the default); unknown choices are refused.
-        ``lat``/``lon``/``week``: BirdNET's location and season filter, as ``classify``'s flags."""
+        ``lat``/``lon``/``week``: BirdNET's location and season filter, as ``classify``'s flags;
+        ``combine``: the rule of mode mix+separated, as ``--combine`` (other modes ignore it)."""
         from birdsep.backends import check_location
-        from birdsep.detect import MODES
 
         d = self.defaults
         separator = separator or d.separator
@@ -170,18 +174,23 @@ class Library:
         mode = mode or d.mode
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        combine = combine or d.combine
+        if combine not in rule_names():
+            raise UsageError(f"unknown combine {combine!r} (choose from {', '.join(rule_names())})")
+        if mode != POOLED:
+            combine = DEFAULT_RULE  # no pooling to choose: the same results whatever was asked
         min_conf = d.min_conf if min_conf is None else float(min_conf)
         if not 0 <= min_conf <= 1:
             raise UsageError("min_conf must be in [0, 1]")
         week = -1 if week is None else int(week)
         if lat is None and lon is None and week == -1 or classifier is None:
-            return Settings(separator, classifier, mode, min_conf)
+            return Settings(separator, classifier, mode, min_conf, combine=combine)
         if self.classifiers.get(classifier) != "birdnet":
             raise UsageError("the location filter (lat, lon, week) needs BirdNET as the classifier")
         if lat is None or lon is None:
             raise UsageError("the location filter needs both lat and lon")
         check_location(float(lat), float(lon), week)
-        return Settings(separator, classifier, mode, min_conf, float(lat), float(lon), week)
+        return Settings(separator, classifier, mode, min_conf, float(lat), float(lon), week, combine)
 
     def separator_path(self, s: Settings) -> str:
         return self.separators[s.separator]["path"]

@@ -63,10 +63,11 @@ class Worker:
     def _detector(self, s: Settings):
         from birdsep.detect import ClassifyOptions, Detector
 
-        key = (s.separator, s.classifier, s.mode, s.min_conf, s.lat, s.lon, s.week)
+        key = (s.separator, s.classifier, s.mode, s.combine, s.min_conf, s.lat, s.lon, s.week)
         if key not in self._detectors:
             opts = ClassifyOptions(out="", classifier=self.library.classifiers[s.classifier], mode=s.mode,
-                                   min_conf=s.min_conf, lat=s.lat, lon=s.lon, week=s.week, rtype=SERVE_RTYPES,
+                                   combine=s.combine, min_conf=s.min_conf, lat=s.lat, lon=s.lon, week=s.week,
+                                   rtype=SERVE_RTYPES,
                                    model=self.library.separator_path(s), device=self.device,
                                    precision=self.precision, threads=self.threads or os.cpu_count() or 1,
                                    progress=False)

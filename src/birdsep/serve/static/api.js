@@ -1,7 +1,7 @@
 // Talking to birdsep's server: every call returns JSON or throws an Error whose message is
 // the server's one-line `detail`.
 
-export const SETTINGS = ["separator", "classifier", "mode", "min_conf", "lat", "lon", "week"];
+export const SETTINGS = ["separator", "classifier", "mode", "combine", "min_conf", "lat", "lon", "week"];
 
 export function query(params) {
   const q = new URLSearchParams();

@@ -37,11 +37,20 @@ function locationShown() {
   return shown;
 }
 
+// The combination rule (classify --combine) only shows, and only counts, in the mode that pools
+function combineShown() {
+  const shown = $("#mode").value === app.config.pooled_mode;
+  $("#combine-setting").hidden = !shown;
+  return shown;
+}
+
 function currentSettings() {
   const out = {};
   const located = locationShown();
+  const pooled = combineShown();
   for (const k of SETTINGS) {
     if (!located && ["lat", "lon", "week"].includes(k)) continue;
+    if (!pooled && k === "combine") continue;
     const v = $(`#${k}`).value;
     if (v !== "" && String(v) !== String(app.config.defaults[k] ?? "none")) out[k] = v;
   }
@@ -55,11 +64,13 @@ function fillSettings(params) {
   $("#classifier").replaceChildren(...c.classifiers.map((k) => opt(k.label, k.kind === "birdnet" ? "BirdNET" : k.label)),
     opt("none", "none (tracks only)"));
   $("#mode").replaceChildren(...c.modes.map((m) => opt(m, m)));
+  $("#combine").replaceChildren(...c.rules.map((r) => opt(r, r)));
   for (const k of SETTINGS) {
     const v = params.get(k) ?? c.defaults[k] ?? (k === "classifier" ? "none" : "");
     $(`#${k}`).value = v;
   }
   locationShown();
+  combineShown();
 }
 
 $("#settings").addEventListener("change", whenReady(() => {
@@ -78,8 +89,7 @@ async function route() {
   clearInterval(app.poll);
   if (app.view) { app.view.destroy(); app.view = null; }
   clearError();
-  if (location.hash === app.ownHash) locationShown();
-  else fillSettings(params);
+  if (location.hash === app.ownHash) { locationShown(); combineShown(); } else fillSettings(params);
   app.ownHash = null;
   if (path === "/open" && params.get("id")) return openRecording(params.get("id"), token);
   return showHome(token);
