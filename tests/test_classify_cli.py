@@ -149,6 +149,16 @@ def test_modes_and_rules_come_from_one_definition():
         ClassifyOptions(mode="both").check()
 
 
+def test_backends_say_what_they_support(tmp_path):
+    from birdsep.backends import capabilities
+
+    assert capabilities("birdnet") == {"kind": "birdnet", "location": True}  # asked of the class: nothing loaded
+    (tmp_path / "run").mkdir()
+    assert capabilities(str(tmp_path / "run")) == {"kind": "trained", "location": False}
+    with pytest.raises(UsageError, match="no such folder"):
+        capabilities(str(tmp_path / "nope"))
+
+
 def test_detector_takes_the_separator_already_loaded(tmp_path, monkeypatch):
     """The page hands its loaded separator and settled runtime over: nothing is loaded or measured again."""
     from birdsep import pretrained

@@ -40,6 +40,10 @@ class Backend(Protocol):
     window_seconds: float
     sample_rate: int
     name: str
+    #: What a backend says of itself (class attributes, read by :func:`capabilities` without
+    #: loading it; a backend without them is a trained run that takes no location filter):
+    kind: str  # "birdnet" | "trained"
+    location_filter: bool  # whether BirdNET's location and season filter (lat, lon, week) applies
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(N, T) audio windows → (N, L) scores in [0, 1]."""
@@ -81,6 +85,8 @@ class BirdNET:
     window_seconds = 3.0
     sample_rate = 48000
     name = "BirdNET V2.4"
+    kind = "birdnet"
+    location_filter = True  # its metadata model knows these labels
 
     def __init__(self, threads: int = 1, batch_size: int = 16):
         model, labels = birdnet_files()
@@ -118,6 +124,9 @@ class BirdNET:
 
 class Trained:
     """A ``birdsep train-classifier`` run directory (or its model folder)."""
+
+    kind = "trained"
+    location_filter = False
 
     def __init__(self, run_dir: str | Path, batch_size: int = 8):
         import torch
@@ -201,14 +210,33 @@ def apply_sensitivity(scores: np.ndarray, sensitivity: float = 1.0) -> np.ndarra
     return sigmoid(logit(scores) + 10.0 * (sensitivity - 1.0)).astype(np.float32)
 
 
-def load_classifier(spec: str, threads: int = 1) -> Backend:
-    """``"birdnet"`` → :class:`BirdNET`; anything else is a train-classifier run directory."""
+def backend_class(spec: str) -> type:
+    """The backend class a ``--classifier`` spec names, found without loading anything:
+    ``"birdnet"`` → :class:`BirdNET`; anything else is a train-classifier run directory."""
     if spec.lower() == "birdnet":
-        return BirdNET(threads=threads)
+        return BirdNET
     if not Path(spec).is_dir():
         raise UsageError(f"--classifier must be 'birdnet' or a train-classifier run directory; {spec}: no such folder")
     from birdsep.classification import heads
 
     if heads.is_heads_run(spec):  # train-classifier --embeddings: heads on BirdNET embeddings
-        return heads.HeadsBackend(spec, threads=threads)
-    return Trained(spec)
+        return heads.HeadsBackend
+    return Trained
+
+
+def capabilities(spec: str) -> dict:
+    """What the classifier ``spec`` names says it supports (its class attributes; nothing is
+    loaded): ``kind`` ("birdnet" | "trained") and ``location`` (whether it takes BirdNET's
+    location and season filter, lat/lon/week)."""
+    cls = backend_class(spec)
+    return {"kind": getattr(cls, "kind", "trained"), "location": bool(getattr(cls, "location_filter", False))}
+
+
+def load_classifier(spec: str, threads: int = 1) -> Backend:
+    """The loaded backend of a ``--classifier`` spec (see :func:`backend_class`)."""
+    cls = backend_class(spec)
+    if cls is BirdNET:
+        return BirdNET(threads=threads)
+    if cls is Trained:
+        return Trained(spec)
+    return cls(spec, threads=threads)

@@ -218,9 +218,8 @@ def create_app(library: Library, jobs: JobManager, media: Media, upload_limit: i
                       for r in library.roots.values()],
             "separators": [{"name": n, "sources": d["sources"], "default": n == library.defaults.separator}
                            for n, d in library.separators.items()],
-            "classifiers": [{"label": k, "kind": "birdnet" if v == "birdnet" else "trained",
-                             "location": v == "birdnet"}  # takes lat, lon, week (BirdNET's metadata model)
-                            for k, v in library.classifiers.items()],
+            # kind, and location: whether it takes lat, lon, week (as its backend says)
+            "classifiers": [{"label": k, **library.capabilities(k)} for k in library.classifiers],
             "defaults": asdict(library.defaults),
             "modes": list(MODES),
             "rules": list(rule_names()),  # what `combine` takes: the pooling of mode `pooled_mode`

@@ -185,12 +185,19 @@ class Library:
         week = -1 if week is None else int(week)
         if lat is None and lon is None and week == -1 or classifier is None:
             return Settings(separator, classifier, mode, min_conf, combine=combine)
-        if self.classifiers.get(classifier) != "birdnet":
+        if not self.capabilities(classifier)["location"]:
             raise UsageError("the location filter (lat, lon, week) needs BirdNET as the classifier")
         if lat is None or lon is None:
             raise UsageError("the location filter needs both lat and lon")
         check_location(float(lat), float(lon), week)
         return Settings(separator, classifier, mode, min_conf, float(lat), float(lon), week, combine)
+
+    def capabilities(self, classifier: str) -> dict:
+        """What the classifier labelled ``classifier`` supports, as its backend says
+        (:func:`birdsep.backends.capabilities`: ``kind``, ``location``)."""
+        from birdsep.backends import capabilities
+
+        return capabilities(self.classifiers[classifier])
 
     def separator_path(self, s: Settings) -> str:
         return self.separators[s.separator]["path"]
@@ -230,7 +237,7 @@ class Library:
                 add(root.folder, root.label)
             add(MODELS, "")  # a shipped model by its name
             for spec in self.classifiers.values():
-                if spec != "birdnet":
+                if os.path.isabs(spec):
                     add(Path(spec).parent, "")  # a trained classifier by its run folder's name
             add(self.out, "")
             add(Path.home(), "~")
