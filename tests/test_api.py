@@ -54,13 +54,16 @@ def test_classify_scores_the_mix_and_the_tracks(tiny):
     m = TINY.num_sources
     assert res.labels == Tones.labels and res.spans.tolist() == [[0, 1], [1, 2], [2, 3]]
     assert res.mix.shape == (3, 2) and res.separated.shape == (3, m, 2)
-    from birdsep.combination import DEFAULT, logit, sigmoid
+    from birdsep.combination import DEFAULT, combine
 
-    # the default rule: a weighted mean of the mix's, the best track's and the denoised mix's logits
-    w, wd = DEFAULT.track_weight, DEFAULT.denoised
-    assert res.denoised.shape == (3, 2)
-    want = (1 - w - wd) * logit(res.mix) + w * logit(res.separated).max(1) + wd * logit(res.denoised)
-    np.testing.assert_allclose(res.scores, sigmoid(want), rtol=1e-5)
+    # the default rule, applied to the scores the API returns (the mix's, each track's and, when
+    # the rule uses it, the denoised mix's), gives the API's scores; it never lowers the mix's
+    if DEFAULT.denoised:
+        assert res.denoised.shape == (3, 2)
+    levels = np.zeros((3, m))  # every track counts: the default drops none by level
+    want, _ = combine(DEFAULT, "mix+separated", res.mix, res.separated, levels, res.denoised)
+    np.testing.assert_allclose(res.scores, want, rtol=1e-5)
+    assert (res.scores >= res.mix - 1e-6).all()
     assert res.channel.min() >= 0 and res.channel.max() <= m
     assert res.mix[:, 0].min() > 0.5  # the 3 kHz tone dominates the mix
     rows = res.rows(min_conf=0.0)

@@ -177,3 +177,32 @@ def test_mean_with_the_mix_without_its_loudest_track():
     with pytest.raises(ValueError, match="needs the scores"):
         combine(rule, "mix+separated", MIX, TRACKS, LEVELS)
     assert combine(rule, "mix", MIX, None, None)[0] == pytest.approx(MIX)  # the mode mix needs no tracks
+
+
+def test_gain_never_lowers_the_mix_and_raises_where_a_track_hears_the_bird():
+    """Known answers for pool "gain": ℓ = ℓ_mix + w·max(0, ℓ_track − ℓ_mix) (+ w_d·max(0, ℓ_den − ℓ_mix))."""
+    mix = np.array([[0.30, 0.60, 0.05]])
+    tracks = np.array([[[0.01, 0.01, 0.01],  # every track misses species 0 and 1 …
+                        [0.02, 0.05, 0.90],  # … and one hears species 2 alone
+                        [0.01, 0.02, 0.01]]])
+    den = np.array([[0.10, 0.90, 0.01]])
+    for w in (0.25, 0.5, 1.0):
+        s, c = combine(Rule("g", pool="gain", track_weight=w), "mix+separated", mix, tracks, LEVELS)
+        assert s[0, :2] == pytest.approx(mix[0, :2], abs=1e-6)  # a track that misses a species leaves it
+        assert c[0, :2].tolist() == [0, 0]
+        want = logit(mix[0, 2]) + w * (logit(0.90) - logit(mix[0, 2]))
+        assert s[0, 2] == pytest.approx(sigmoid(want), abs=1e-6) and c[0, 2] == 2  # raised, from track 2
+    assert combine(Rule("g", pool="gain", track_weight=1.0), "mix+separated", mix, tracks, LEVELS)[0] == \
+        pytest.approx(combine(PAPER, "mix+separated", mix, tracks, LEVELS)[0], abs=1e-6)  # w = 1: the paper's max
+    rule = Rule("g", pool="gain", track_weight=0.5, denoised=0.5)
+    s, _ = combine(rule, "mix+separated", mix, tracks, LEVELS, den)
+    want = logit(mix[0]) + 0.5 * np.maximum(logit(tracks[0]).max(0) - logit(mix[0]), 0) \
+        + 0.5 * np.maximum(logit(den[0]) - logit(mix[0]), 0)
+    assert s[0] == pytest.approx(sigmoid(want), abs=1e-6)
+    assert (s >= mix - 1e-7).all()
+    rng = np.random.default_rng(1)  # random scores: never below the mix, whatever the tracks say
+    m, t, d = rng.random((50, 7)), rng.random((50, 4, 7)), rng.random((50, 7))
+    for r in (rule, DEFAULT):
+        assert (combine(r, "mix+separated", m, t, np.zeros((50, 4)), d)[0] >= m - 1e-6).all()
+    with pytest.raises(ValueError):
+        Rule("g", pool="gain", track_weight=1.5)

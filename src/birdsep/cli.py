@@ -350,8 +350,9 @@ def _add_classify(sub) -> None:
     p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES,
                    help=f"score the mix, the separated tracks, or both (default {DEFAULT_MODE})")
     p.add_argument("--combine", default=DEFAULT_RULE,
-                   help="how mix+separated pools the scores: birdsep's default rule, or the paper's max over the mix "
-                        "and every track (see docs/classify.md)")
+                   help="how mix+separated pools the scores: default (the mix's score, raised by a quarter of what the "
+                        "best track says above it, never lowered) or max (the paper's: the maximum over the mix "
+                        "and every track); see docs/classify.md")
     p.add_argument("--window", type=number, default=5.0, help="window length in seconds (default 5)")
     p.add_argument("--overlap", type=number, default=0.0,
                    help="seconds shared by consecutive windows, 0 <= overlap < window (default 0)")
