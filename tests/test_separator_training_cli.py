@@ -119,7 +119,7 @@ def test_warm_start_wider_with_sparsity_references_and_exclude_list(data_dir, tm
     wide = tmp_path / "wide"
     r = birdsep("train-separator", *train, "--out", wide, "--steps", "2", "--sources", "4", "--init-from", base,
                 "--sparsity", "0.5", "--references", "4", "--references-share", "1", "--noise-share", "0.5", "--song-share", "0.5",
-                "--exclude-from", excludes,
+                "--level-gap", "30", "--exclude-from", excludes,
                 "--checkpoint-every", "1", *stft)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "M=2 → 4" in r.stdout
@@ -148,7 +148,7 @@ def test_song_scenes_train_with_the_permutation_invariant_loss(data_dir, tmp_pat
 def test_more_references_than_sources_is_one_line(data_dir, tmp_path):
     train = data_dir / "xc" / "veery"
     for extra in (["--references", "5"], ["--references", "1"], ["--references", "3", "--references-share", "0"],
-                  ["--noise-share", "1.5"], ["--song-share", "-0.1"]):
+                  ["--noise-share", "1.5"], ["--song-share", "-0.1"], ["--level-gap", "-3"], ["--level-gap", "90"]):
         r = birdsep("train-separator", train, "--out", tmp_path / "r", "--steps", "1", "--sources", "4",
                     "--preset", "stft", *extra)
         assert r.returncode == 2, r.stderr[-2000:]
