@@ -239,6 +239,29 @@ def test_a_full_disk_while_writing_tracks_is_one_storage_line(tiny_folder, tmp_p
     assert "Traceback" not in r.stdout + r.stderr
 
 
+def test_a_full_disk_while_writing_detections_is_one_storage_line(tiny_folder, tmp_path):
+    """classify on a full disk: each file gets one 'no space left on device' line, no traceback,
+    exit code 1, and no half-written table."""
+    pytest.importorskip("ai_edge_litert", reason="needs the birdnet extra (BirdNET's model)")
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        sf.write(tmp_path / f"clip{k}.wav", (rng.standard_normal(SR * 6) * 0.1).astype(np.float32), SR)
+    out = tmp_path / "full" / "out"
+    full = tmp_path / "full"  # filled but for 64 KB: room for the batch's bookkeeping, not for the tables
+    fill = (f"mkdir -p {out} && dd if=/dev/zero of={full}/room bs=4k count=16 2>/dev/null && "
+            f"(dd if=/dev/zero of={full}/filler bs=4k 2>/dev/null; true)")
+    r = _in_tiny_tmpfs(tmp_path, f"{fill} && rm -f {full}/room && "
+                                 f"{sys.executable} -m birdsep classify {tmp_path}/clip0.wav {tmp_path}/clip1.wav "
+                                 f"--model {tiny_folder} -o {out} --min-conf 0 -q --precision fp32 -j 1; echo rc=$?; "
+                                 f"find {out} -name '*.birdsep.*'")
+    assert "rc=1" in r.stdout, r.stdout + r.stderr
+    assert "no space left on device" in r.stdout + r.stderr and "internal error" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert ".birdsep." not in r.stdout.split("rc=1", 1)[1]  # no table, whole or partial
+
+
 def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(tmp_path):
     import errno
 
