@@ -197,3 +197,34 @@ def test_usage_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("birdsep ") for line in lines) and "Traceback" not in err
+
+
+def test_minutes_budget_stops_a_member_and_resume_finishes(tmp_path, capsys):
+    """--minutes spent: the member stops after its step with a checkpoint and its weights, the
+    classifier is written (exit 0) and --resume carries on; a budget out of range is one line."""
+    from conftest import need_data
+
+    from birdsep.classification.model import load as load_model
+
+    data = need_data()
+    labels = _labels_csv(tmp_path / "two.csv", [(f, s) for f, s in _split(data)[0] if s != SPECIES[2]][::2])
+    run = tmp_path / "run"
+    args = ["train-classifier", labels, "--out", run, "--batch-size", 2, "--max-windows", 1, "--threads", 1,
+            "--no-augment", "mix", "--checkpoint-every", 500]
+    r = _cli(*args, "--steps", 1000, "--minutes", 0.01)
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = run / "members" / "0" / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 1 <= stopped < 1000
+    assert f"member 0 stopped at step {stopped} of 1000: --minutes 0.01 spent; carry on with --resume" in r.stdout
+    assert load_model(run).cfg.members == 1
+
+    r = _cli(*args, "--steps", stopped + 1, "--resume", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == stopped + 1
+
+    for bad in ("0", "nan", "-1"):
+        assert main(["train-classifier", str(labels), "--out", str(tmp_path / "r"), "--minutes", bad]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("birdsep train-classifier: error: --minutes must be ")
+                                   for line in lines), lines

@@ -154,3 +154,41 @@ def test_more_references_than_sources_is_one_line(data_dir, tmp_path):
         assert r.returncode == 2, r.stderr[-2000:]
         assert extra[-2] in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "r").exists()
+
+
+def test_minutes_budget_stops_with_a_checkpoint_and_the_model_and_resume_carries_on(data_dir, tmp_path):
+    """--minutes spent: the run stops after its step, checkpointed, with the model written, says
+    where it stopped on one line and exits 0; --resume carries on from there."""
+    from birdsep.pretrained import load_model
+
+    run = tmp_path / "run"
+    args = ["train-separator", data_dir / "xc" / "veery", "--out", run, "--checkpoint-every", "500",
+            *FAST[:-2], "--threads", "1"]
+    r = birdsep(*args, "--steps", "1000", "--minutes", "0.01")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    stopped = last_step(run)
+    assert 1 <= stopped < 1000
+    assert f"train-separator: stopped at step {stopped} of 1000: --minutes 0.01 spent; carry on with --resume" \
+        in r.stdout, r.stdout[-2000:]
+    assert "/1000" in r.stdout  # the progress bar
+    model = load_model(run)
+    with torch.no_grad():
+        out = model(torch.zeros(1, model.config.sample_rate))
+    assert out.shape[:2] == (1, model.config.num_sources)
+
+    r = birdsep(*args, "--steps", stopped + 3, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert last_step(run) == stopped + 3 and f"(step {stopped})" in r.stdout
+    assert "--minutes" not in r.stdout + r.stderr  # a budget is this invocation's: no changed option
+    bar = f"/{stopped + 3} ["
+    assert 1 <= r.stdout.count(bar) <= 3, r.stdout  # not a terminal: no redraw at every step
+
+
+def test_minutes_out_of_range_is_one_line(data_dir, tmp_path, capsys):
+    for bad in ("0", "nan", "-1", "inf"):
+        assert main(["train-separator", str(data_dir / "xc" / "veery"), "--out", str(tmp_path / "r"),
+                     "--minutes", bad]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("birdsep train-separator: error: --minutes must be ")
+                                   for line in lines), lines
+    assert not (tmp_path / "r").exists()

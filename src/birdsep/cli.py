@@ -252,8 +252,6 @@ def _add_train_classifier(sub) -> None:
                         "multiple-instance learning over {mix, tracks} (default: on)")
     p.add_argument("--separator", default=None, metavar="MODEL",
                    help="with --tracks: the separator (a shipped model's name or a folder; default the shipped one)")
-    p.add_argument("--minutes", type=number, default=None,
-                   help="with --embeddings: wall-clock budget of the whole training, embeddings included")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="with --embeddings: embedding cache (default ~/.cache/birdsep/embeddings)")
 
@@ -263,8 +261,6 @@ def _add_train_classifier(sub) -> None:
 
             train_heads(a.data, options_from(training.ClassifierTrainOptions, a))
             return 0
-        if a.minutes is not None:
-            raise UsageError("--minutes applies to --embeddings runs")
         require("lightning", "train", "training")
         require("timm", "train", "training")
         from birdsep.classification.train import train_classifier

@@ -1,7 +1,7 @@
 """The Lightning layer both trainers share (``train-separator``, ``train-classifier``).
 
-* :class:`TrainOptions`: what every training takes (run folder, steps, batch, learning rate,
-  checkpoints, resume, seed, data workers, threads, progress and Lightning's precision,
+* :class:`TrainOptions`: what every training takes (run folder, steps, a time budget, batch,
+  learning rate, checkpoints, resume, seed, data workers, threads, progress and Lightning's precision,
   accelerator, devices, strategy and nodes); :class:`SeparatorTrainOptions` and
   :class:`ClassifierTrainOptions` extend it (kept here, free of PyTorch, so that the command
   line can show their defaults without importing it).
@@ -17,9 +17,10 @@
   seeded by it, so a resumed run trains exactly as an uninterrupted one.
 * :func:`make_trainer` builds every ``Trainer``: checkpoints written atomically and durably,
   always to ``last.ckpt`` (never ``last-v1.ckpt``), a final one when training ends or is
-  stopped (first Ctrl-C or SIGTERM: after the current step), a changed ``--lr`` applied, CSV
-  and TensorBoard logs (:func:`loggers`) and a progress bar; :func:`fit` runs it and turns a
-  full disk into one line. Only rank 0 writes files; every rank resumes from the same one.
+  stopped (first Ctrl-C, SIGTERM or a spent ``--minutes`` budget: after the current step), a
+  changed ``--lr`` applied, CSV and TensorBoard logs (:func:`loggers`) and a progress bar
+  (steps, steps/s, time left); :func:`fit` runs it and turns a full disk into one line. Only
+  rank 0 writes files; every rank resumes from the same one.
 
 Lightning is imported only when a training starts, so that ``--help`` stays fast.
 """
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +55,14 @@ class TrainOptions:
     FREE: ClassVar[frozenset[str]] = frozenset({"steps", "lr", "checkpoint_every", "workers", "precision",
                                                 "accelerator", "devices", "strategy", "num_nodes", "threads",
                                                 "progress"})
-    #: options never compared when a run resumes
-    UNCOMPARED: ClassVar[frozenset[str]] = frozenset({"out", "resume", "allow_changed_options"})
+    #: options never compared when a run resumes (``minutes``: the budget of one invocation)
+    UNCOMPARED: ClassVar[frozenset[str]] = frozenset({"out", "resume", "allow_changed_options", "minutes"})
     #: options naming files or folders (compared as the paths they resolve to)
     PATHS: ClassVar[frozenset[str]] = frozenset()
 
     out: str
     steps: int = 2000
+    minutes: float | None = None  # wall-clock budget of this invocation (None: none); then stop as after Ctrl-C
     batch_size: int = 16
     lr: float = 1e-3
     checkpoint_every: int = 100
@@ -119,7 +122,6 @@ class ClassifierTrainOptions(TrainOptions):
     embeddings: str | None = None  # None: the EfficientNet trained from scratch
     tracks: bool = True  # embeddings of the separated tracks too, trained with multiple-instance learning
     separator: str | None = None  # the separator of the tracks (None: the shipped default)
-    minutes: float | None = None  # wall-clock budget of the whole training
     cache: str | None = None  # embedding cache folder (None: ~/.cache/birdsep/embeddings)
 
 
@@ -134,6 +136,10 @@ def add_flags(p, defaults: type[TrainOptions]) -> None:
     d = {f.name: f.default for f in dataclasses.fields(defaults)}
     p.add_argument("-o", "--out", required=True, help="run directory (checkpoints, logs, the model)")
     p.add_argument("--steps", type=int, default=d["steps"], help=f"total optimisation steps (default {d['steps']})")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="wall-clock budget of this invocation: when it is spent, training stops after the current "
+                        "step with a checkpoint and the model (exit code 0; --resume carries on)"
+                        + ("; with --embeddings, the whole training, embeddings included" if "embeddings" in d else ""))
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"examples per step (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], help="steps between checkpoints")
@@ -157,6 +163,9 @@ def add_flags(p, defaults: type[TrainOptions]) -> None:
 
 # ----------------------------------------------------------------------------- a run
 
+#: when :func:`start` last ran: the ``--minutes`` budget counts from there
+_started: float | None = None
+
 
 def start(opts: TrainOptions, marker: Path) -> Path:
     """Check the options and the run folder (``marker``, a file a started run has, must not
@@ -164,7 +173,11 @@ def start(opts: TrainOptions, marker: Path) -> Path:
     if min(opts.steps, opts.batch_size, opts.checkpoint_every) < 1:
         raise UsageError("--steps, --batch-size and --checkpoint-every must be at least 1")
     limits.positive(opts.lr, "--lr")
+    if opts.minutes is not None:
+        limits.positive(opts.minutes, "--minutes")
     limits.threads(opts.threads)
+    global _started
+    _started = time.monotonic()
     out = Path(opts.out)
     if marker.exists() and not opts.resume and is_primary():
         raise UsageError(f"{out} already holds a training run; pass --resume to carry on, or choose another --out")
@@ -176,6 +189,14 @@ def start(opts: TrainOptions, marker: Path) -> Path:
         torch.set_num_threads(opts.threads)
     quiet_lightning()
     return out
+
+
+def deadline(opts: TrainOptions) -> float | None:
+    """The ``time.monotonic()`` at which ``--minutes`` is spent (None: no budget), counted from
+    :func:`start` (loading the data is part of the run's time)."""
+    if opts.minutes is None:
+        return None
+    return (time.monotonic() if _started is None else _started) + opts.minutes * 60
 
 
 def is_primary() -> bool:
@@ -387,31 +408,43 @@ def make_trainer(opts: TrainOptions, root: Path, checkpoints: Path, callbacks: l
                  step_files: bool = False, **settings):
     """A Lightning ``Trainer`` for ``opts`` that checkpoints into ``checkpoints`` (``last.ckpt``
     every ``--checkpoint-every`` steps and when training ends or is stopped, and with
-    ``step_files`` the latest ``step-N.ckpt`` beside it), shows a progress bar and no model
-    summary. ``settings`` go to the Trainer as they are (e.g. ``gradient_clip_val``)."""
+    ``step_files`` the latest ``step-N.ckpt`` beside it), stops after the step on which
+    ``--minutes`` is spent, shows a progress bar and no model summary. ``settings`` go to the
+    Trainer as they are (e.g. ``gradient_clip_val``)."""
     import lightning.pytorch as pl
 
+    end = deadline(opts)
     return pl.Trainer(
         max_steps=opts.steps, max_epochs=-1, precision=PRECISION_ALIASES.get(opts.precision, opts.precision),
         accelerator=opts.accelerator, devices=parse_devices(opts.devices), strategy=opts.strategy,
         num_nodes=opts.num_nodes, logger=logger, plugins=[_atomic_checkpoint_io()], enable_progress_bar=opts.progress,
-        callbacks=callbacks + _callbacks(opts, checkpoints, step_files) + ([_progress_bar()] if opts.progress else []),
+        callbacks=callbacks + _callbacks(opts, checkpoints, step_files, end)
+        + ([_progress_bar(end)] if opts.progress else []),
         enable_model_summary=False, default_root_dir=root, **settings)
 
 
-def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> None:
-    """``trainer.fit``, resuming from ``resume``. A full disk is one :class:`StorageError`
-    line; a run stopped before its last step (Ctrl-C, SIGTERM) says so on one line and raises
-    :class:`~birdsep.errors.Stopped`."""
+def fit(trainer, module, loader, resume: Checkpoint | None, who: str) -> bool:
+    """``trainer.fit``, resuming from ``resume``; True when it reached its last step. A full
+    disk is one :class:`StorageError` line; a run stopped before its last step says so on one
+    line, and then raises :class:`~birdsep.errors.Stopped` (Ctrl-C, SIGTERM) or returns False
+    (its ``--minutes`` budget spent: a success, checkpointed like the others)."""
     saved = getattr(getattr(trainer, "checkpoint_callback", None), "dirpath", None)
     with resumable_writes(Path(saved) if saved else None):
         try:
             trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume.path) if resume else None)
         except SystemExit:  # Lightning's own exit after Ctrl-C or SIGTERM
             pass
-    if trainer.global_step < trainer.max_steps:
-        say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
-        raise Stopped(signum=SIGTERM if getattr(trainer, "received_sigterm", False) else SIGINT)
+    if trainer.global_step >= trainer.max_steps:
+        return True
+    sigterm = getattr(trainer, "received_sigterm", False)
+    budget = next((c for c in trainer.callbacks if getattr(c, "spent", False)), None)  # _callbacks' Budget
+    asked = any(getattr(c, "asked", False) for c in trainer.callbacks)  # Ctrl-C (StopCleanly)
+    if budget is not None and not sigterm and not asked:
+        say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}: --minutes {budget.minutes:g} "
+            "spent; carry on with --resume")
+        return False
+    say(f"{who} stopped at step {trainer.global_step} of {trainer.max_steps}; carry on with --resume", error=True)
+    raise Stopped(signum=SIGTERM if sigterm else SIGINT)
 
 
 @contextmanager
@@ -449,9 +482,10 @@ def _no_space(exc: BaseException | None) -> StorageError | None:
                                                   f"cannot be written: {os.strerror(full.errno).lower()}")
 
 
-def _callbacks(opts: TrainOptions, folder: Path, step_files: bool) -> list:
+def _callbacks(opts: TrainOptions, folder: Path, step_files: bool, end: float | None = None) -> list:
     """What every training has: checkpoints (:func:`_checkpoints`), a final one, random
-    operations seeded by the step, a changed ``--lr`` applied, a clean stop on Ctrl-C."""
+    operations seeded by the step, a changed ``--lr`` applied, a clean stop on Ctrl-C and, with
+    ``end`` (a ``time.monotonic()``), once ``--minutes`` is spent."""
     import math
     import signal
     import threading
@@ -463,7 +497,7 @@ def _callbacks(opts: TrainOptions, folder: Path, step_files: bool) -> list:
 
     class FinalCheckpoint(pl.Callback):
         """``last.ckpt`` at the step training ends on: finished, or stopped after a whole step
-        by Ctrl-C (:class:`StopCleanly`) or SIGTERM (Lightning)."""
+        by Ctrl-C (:class:`StopCleanly`), the budget (:class:`Budget`) or SIGTERM (Lightning)."""
 
         def on_train_end(self, trainer, pl_module) -> None:
             trainer.save_checkpoint(folder / "last.ckpt")
@@ -523,8 +557,19 @@ def _callbacks(opts: TrainOptions, folder: Path, step_files: bool) -> list:
         def on_exception(self, trainer, pl_module, exception) -> None:
             self.on_train_end(trainer, pl_module)
 
+    class Budget(pl.Callback):
+        """Training ends after the step on which ``--minutes`` is spent (every rank at the same
+        step), checkpointed by :class:`FinalCheckpoint`; at least one step per invocation."""
+
+        def __init__(self):
+            self.minutes, self.spent = opts.minutes, False
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.strategy.reduce_boolean_decision(time.monotonic() >= end, all=False):
+                self.spent = trainer.should_stop = True
+
     return [_checkpoints(folder, opts.checkpoint_every, step_files), FinalCheckpoint(), StepSeed(),
-            NewLearningRate(), StopCleanly()]
+            NewLearningRate(), StopCleanly()] + ([Budget()] if end is not None else [])
 
 
 def _checkpoints(folder: Path, every: int, step_files: bool):
@@ -561,13 +606,57 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-def _progress_bar():
+def _progress_bar(end: float | None = None):
+    """The training bar: steps done of ``--steps`` (counting the steps before a resume), steps/s
+    of this invocation, the loss and the time left, which with a budget (``end``, a
+    ``time.monotonic()``) is the earlier of the steps left and the budget left. On a terminal it
+    is redrawn every step; otherwise (a log file, a pipe) once a minute and at the end."""
     from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    class StepTqdm(Tqdm):
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            done, elapsed = d["n"] - d["initial"], d["elapsed"]
+            rate = done / elapsed if done > 0 and elapsed > 0 else None
+            left = [(d["total"] - d["n"]) / rate] if rate and d["total"] else []
+            if end is not None:
+                left.append(max(0.0, end - time.monotonic()))
+            return {**d, "left": self.format_interval(min(left)) if left else "?"}
 
     class Bar(TQDMProgressBar):
-        def get_metrics(self, trainer, pl_module):  # loss and it/s; no logger version number
+        BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{left}, {rate_fmt}{postfix}]"
+
+        def __init__(self):
+            super().__init__(refresh_rate=1)
+            self.terminal, self.shown = False, 0.0
+
+        def init_train_tqdm(self):  # at the start of training, after a resume restored its step
+            self.terminal, self.shown = sys.stdout.isatty(), time.monotonic()
+            return StepTqdm(desc="training", total=self.trainer.max_steps, initial=self.trainer.global_step,
+                            disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+                            unit="step", bar_format=self.BAR_FORMAT)
+
+        def on_train_epoch_start(self, trainer, *_) -> None:  # the bar counts steps, across epochs
+            pass
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            bar = self.train_progress_bar
+            if bar is None or bar.disable:
+                return
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            if self.terminal or time.monotonic() - self.shown >= 60:  # closing it shows the last step
+                bar.refresh()
+                self.shown = time.monotonic()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # closing the bar shows it
+            pass
+
+        def get_metrics(self, trainer, pl_module):  # loss; no logger version number
             metrics = super().get_metrics(trainer, pl_module)
             metrics.pop("v_num", None)
             return metrics
 
-    return Bar(refresh_rate=1)
+    return Bar()

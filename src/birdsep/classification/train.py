@@ -7,12 +7,14 @@ RUN_DIR layout::
     members/<k>/checkpoints/      step-N.ckpt and last.ckpt, written atomically (temp + rename)
     members/<k>/logs/session_<n>/  CSV log (metrics.csv) of each start or resume; TensorBoard
                                   events beside it in session_<n>_tensorboard/
-    members/<k>/member.safetensors  the member's weights once it has finished
+    members/<k>/member.safetensors  the member's weights once it has finished (or the budget ran out)
     config.json + model.safetensors  the final (ensemble) classifier, loaded strictly
 
-``--resume`` carries on from each unfinished member's newest checkpoint (e.g. after ``kill -9``);
-finished members are kept. Batches are drawn by step (:mod:`birdsep.batches`), so a resumed
-member trains exactly as an uninterrupted one.
+``--resume`` carries on from each unfinished member's newest checkpoint (e.g. after ``kill -9``,
+or a spent ``--minutes`` budget); finished members are kept. A member the budget stopped
+writes its weights so far, and the classifier is written once every member has weights.
+Batches are drawn by step (:mod:`birdsep.batches`), so a resumed member trains exactly as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -152,11 +154,18 @@ def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
             logger=training.loggers(mdir, csv=("logs", session), tensorboard=("logs", f"{session}_tensorboard"),
                                     flush_every=max(1, min(100, opts.checkpoint_every))),
             log_every_n_steps=max(1, min(10, opts.steps)), num_sanity_val_steps=0, limit_val_batches=0)
-        training.fit(trainer, module, loader, resume, who)
+        finished = training.fit(trainer, module, loader, resume, who)
         if training.is_primary():
             with training.resumable_writes():  # a resumed run writes it from the final checkpoint
                 files.save_state(final, module.model.state_dict())
+        if not finished:  # --minutes spent: the members after it wait for --resume
+            break
     if not training.is_primary():  # rank 0 writes the ensemble
+        return out
+    untrained = [k for k in range(cfg.members) if not (members_dir / str(k) / "member.safetensors").is_file()]
+    if untrained:
+        training.say(f"{WHO} no classifier written yet: member(s) {', '.join(map(str, untrained))} not trained; "
+                     "carry on with --resume")
         return out
     ensemble = M.Ensemble(cfg)
     for k, member in enumerate(ensemble.members):
