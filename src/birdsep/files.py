@@ -17,6 +17,8 @@ Imports nothing heavy (safetensors only when weights are read or written).
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -316,3 +318,18 @@ def load_strict(module, state: dict, path: str | os.PathLike) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied
         raise UsageError.of(path, f"weights do not fit the model ({str(exc).strip().splitlines()[-1][:200]})") from None
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, computed once per path, size and modification time in this process."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -2,7 +2,6 @@
 bundled example recording (also the probe ``--precision auto`` measures on)."""
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -131,17 +130,8 @@ def models_table() -> str:
 def weights_sha256(folder: str | Path) -> str | None:
     """sha256 of a model folder's weights (what tells two separators apart; recorded in
     separation.json); None if the folder has none. Computed once per weights file and version."""
-    path = resolve(folder) / WEIGHTS_NAME
-    stat = path.stat()
-    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    from birdsep.files import sha256
+
+    return sha256(resolve(folder) / WEIGHTS_NAME)
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -22,7 +22,6 @@ of one recording, M separated tracks.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -52,19 +51,9 @@ def default_cache_dir() -> Path:
     return Path(root) / "embeddings"
 
 
-@functools.lru_cache(maxsize=4096)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (computed once per path, size and mtime in this process)."""
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    return files.sha256(path)
 
 
 # ------------------------------------------------------------------------------ the embedder
