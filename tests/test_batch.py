@@ -171,3 +171,26 @@ def test_printing_commands_get_their_lines_through_the_runner(inputs):
                   header="file\tmark", stream=stream, prefix="birdsep test: ")
     assert stream.getvalue().splitlines() == ["file\tmark", "a.wav\ty", "b.wav\ty"]
     assert s.exit_code == 1 and len(s.failed) == 2
+
+
+def test_a_worker_waiting_for_a_file_ends_quietly_on_a_signal(monkeypatch):
+    """Ctrl-C or SIGTERM to a -j worker: with a file in hand it stops that file (the batch cleans
+    up and reports); waiting for one (in the pool's queue) it ends at once with 128 + the signal
+    and prints nothing (was: a traceback from multiprocessing's queue)."""
+    import signal
+    import subprocess
+    import sys
+
+    from birdsep import batch
+    from birdsep.errors import Terminated
+
+    monkeypatch.setattr(batch, "_busy", True)
+    with pytest.raises(Terminated):
+        batch._stop_worker(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        batch._stop_worker(signal.SIGINT, None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        code = ("import os, signal, time; from birdsep import batch; "
+                f"signal.signal({int(sig)}, batch._stop_worker); os.kill(os.getpid(), {int(sig)}); time.sleep(10)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 128 + sig and r.stdout == r.stderr == ""

@@ -167,6 +167,16 @@ def _sigterm_as_ctrl_c():
 _worker: Work | None = None
 _progress_queue = None
 _stopping = None  # set by the parent when the batch stops: files still queued are not started
+_busy = False  # a worker is working on a file (not waiting for one)
+
+
+def _stop_worker(signum, frame) -> None:
+    """Ctrl-C or SIGTERM in a worker: stop the file in hand (its clean-up runs, the batch reports
+    it), or, waiting for a file, end quietly: a traceback from the pool's queue would tell the user
+    nothing."""
+    if _busy:
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    os._exit(128 + signum)
 
 
 def _die_with(parent: int) -> None:
@@ -205,8 +215,8 @@ def _init_worker(parent: int, make_worker, args, threads: int, queue, stopping) 
 
         torch.set_num_threads(threads)
         _worker, _progress_queue, _stopping = make_worker(*args), queue, stopping
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _stop_worker)
+        signal.signal(signal.SIGTERM, _stop_worker)
         if stopped:
             raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -214,9 +224,14 @@ def _init_worker(parent: int, make_worker, args, threads: int, queue, stopping) 
 
 
 def _in_worker(path: str, target: str | None) -> Result:
+    global _busy
     if _stopping is not None and _stopping.is_set():
         return path, None, f"{path}: not started (the batch was stopped)", None
-    return guarded(_worker, path, target, lambda fraction: _progress_queue.put((path, fraction)))
+    _busy = True
+    try:
+        return guarded(_worker, path, target, lambda fraction: _progress_queue.put((path, fraction)))
+    finally:
+        _busy = False
 
 
 class _Processes:
