@@ -35,7 +35,10 @@ difference ``mil`` − ``mix`` (and with the max rule) with its interval.
     python benchmarks/embedding_heads.py --noise ../shared/data/noise --steps 2000
     python benchmarks/embedding_heads.py --species 3 --max-windows 1 --steps 100 --reps 100   # smoke run
 
-Results: not yet measured at full size (the smoke run's numbers mean nothing).
+Results (``results/embedding_heads.txt``, the first command above, 21 species, 36 training
+recordings): window cmAP mix 0.846, mil 0.802 (mil − mix −0.043 [−0.097, +0.011]), BirdNET-Analyzer's
+recipe 0.836, BirdNET itself 0.979 on the species it knows: on clean Xeno-canto recordings the tracks
+do not help the heads yet.
 """
 from __future__ import annotations
 
