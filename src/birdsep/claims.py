@@ -121,19 +121,10 @@ class Claims:
             if owner is None or owner.get("state") == FAILED:
                 continue  # unreadable ones are judged by their age in take(); failed marks stay
             if not self.alive(owner.get("run", ""), owner.get("host"), owner.get("pid"), owner.get("pid_start")):
-                grave = claim.with_name(f"{claim.name}.{self.run}.stale")
                 try:
-                    os.rename(claim, grave)
+                    self._take_over(claim, owner)
                 except OSError:
-                    continue  # another run took it over or cleared it first
-                try:
-                    if _read(grave) != owner:  # claimed anew meanwhile: give it back
-                        try:
-                            os.link(grave, claim)
-                        except FileExistsError:
-                            pass
-                finally:
-                    grave.unlink(missing_ok=True)
+                    continue  # the storage refused: another sweep or take() will get to it
         for lease in leases:
             record = _read(lease)
             if record is None:
