@@ -19,7 +19,7 @@ import importlib.util
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -100,26 +100,48 @@ class BirdNET:
             self._interpreter = Interpreter(model_path=str(model), num_threads=max(1, threads))
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 0
+        self._batches = Batches(self._interpreter, self._input, batch_size)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(windows, dtype=np.float32)
-        n = int(round(self.window_seconds * self.sample_rate))
-        if x.ndim != 2 or x.shape[1] != n:
-            raise ValueError(f"BirdNET wants (N, {n}) windows, got {x.shape}")
+        x = birdnet_windows(windows, int(round(self.window_seconds * self.sample_rate)))
         out = np.zeros((len(x), len(self.labels)), np.float32)
+
+        def read(a: int, b: int) -> None:
+            logits = self._interpreter.get_tensor(self._output)
+            out[a:b] = 1.0 / (1.0 + np.exp(-np.clip(logits, -15, 15)))
+
+        self._batches.run(x, read)
+        return out
+
+
+def birdnet_windows(windows: np.ndarray, n: int) -> np.ndarray:
+    """(N, n) float32, C-contiguous, or ValueError: what BirdNET's interpreter takes."""
+    x = np.ascontiguousarray(windows, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != n:
+        raise ValueError(f"BirdNET wants (N, {n}) windows, got {x.shape}")
+    return x
+
+
+class Batches:
+    """Runs a LiteRT ``interpreter`` on windows ``batch_size`` at a time, resizing its input only
+    when a batch's size changes (it remembers the size the interpreter holds)."""
+
+    def __init__(self, interpreter, input_index: int, batch_size: int):
+        self.interpreter, self.input_index, self.batch_size = interpreter, input_index, batch_size
+        self.allocated = 0
+
+    def run(self, x: np.ndarray, read: Callable[[int, int], None]) -> None:
+        """x (N, n) windows; ``read(a, b)`` takes the outputs of windows a…b right after each batch."""
         for i in range(0, len(x), self.batch_size):
             part = x[i : i + self.batch_size]
-            if len(part) != self._batch:
-                self._interpreter.resize_tensor_input(self._input, [len(part), n])
+            if len(part) != self.allocated:
+                self.interpreter.resize_tensor_input(self.input_index, [len(part), x.shape[1]])
                 with _quiet_stderr():
-                    self._interpreter.allocate_tensors()
-                self._batch = len(part)
-            self._interpreter.set_tensor(self._input, part)
-            self._interpreter.invoke()
-            logits = self._interpreter.get_tensor(self._output)
-            out[i : i + len(part)] = 1.0 / (1.0 + np.exp(-np.clip(logits, -15, 15)))
-        return out
+                    self.interpreter.allocate_tensors()
+                self.allocated = len(part)
+            self.interpreter.set_tensor(self.input_index, part)
+            self.interpreter.invoke()
+            read(i, i + len(part))
 
 
 class Trained:

@@ -68,7 +68,7 @@ class BirdNETEmbedder:
     dim = EMBEDDING_DIM
 
     def __init__(self, threads: int = 1, batch_size: int = 16):
-        from birdsep.backends import BIRDNET_HINT, _quiet_stderr, birdnet_files
+        from birdsep.backends import BIRDNET_HINT, Batches, _quiet_stderr, birdnet_files
 
         model, _ = birdnet_files()
         try:
@@ -83,7 +83,7 @@ class BirdNETEmbedder:
         self._input = self._it.get_input_details()[0]["index"]
         self._output = self._it.get_output_details()[0]["index"]
         self._embedding, weight, bias = self._classifier_layer()
-        self._batch = 0
+        self._batches = Batches(self._it, self._input, batch_size)
         with _quiet_stderr():
             self._it.allocate_tensors()
         self.weight = self._it.get_tensor(weight).astype(np.float32)  # (L, D) the classifier's dense weights
@@ -110,29 +110,21 @@ class BirdNETEmbedder:
 
     def embed_and_logits(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, T) audio at 48 kHz, T = 144,000 → (embeddings (N, D), BirdNET's logits (N, L))."""
-        from birdsep.backends import _quiet_stderr
+        from birdsep.backends import birdnet_windows
 
-        x = np.ascontiguousarray(windows, dtype=np.float32)
-        n = int(round(self.window_seconds * self.sample_rate))
-        if x.ndim != 2 or x.shape[1] != n:
-            raise ValueError(f"BirdNET wants (N, {n}) windows, got {x.shape}")
+        x = birdnet_windows(windows, int(round(self.window_seconds * self.sample_rate)))
         emb = np.zeros((len(x), EMBEDDING_DIM), np.float32)
         logits = np.zeros((len(x), len(self.bias)), np.float32)
-        for i in range(0, len(x), self.batch_size):
-            part = x[i : i + self.batch_size]
-            if len(part) != self._batch:
-                self._it.resize_tensor_input(self._input, [len(part), n])
-                with _quiet_stderr():
-                    self._it.allocate_tensors()
-                self._batch = len(part)
-            self._it.set_tensor(self._input, part)
-            self._it.invoke()
-            e = self._it.get_tensor(self._embedding).copy()  # (n, D)
-            z = self._it.get_tensor(self._output)  # (n, L)
+
+        def read(a: int, b: int) -> None:
+            e = self._it.get_tensor(self._embedding).copy()  # (b − a, D)
+            z = self._it.get_tensor(self._output)  # (b − a, L)
             if not np.allclose(e @ self.weight.T + self.bias, z, atol=1e-3, rtol=1e-3):
                 raise RuntimeError(f"{self.model_path}: the tensor read as the embedding is not the input of the "
                                    "classifier layer (its logits are not W·e + b)")
-            emb[i : i + len(part)], logits[i : i + len(part)] = e, z
+            emb[a:b], logits[a:b] = e, z
+
+        self._batches.run(x, read)
         return emb, logits
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
