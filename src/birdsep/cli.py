@@ -214,12 +214,43 @@ def _add_eval_separator(sub) -> None:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the shipped separators with their MoMi and training facts")
+    from birdsep.modelstore import PUBLISHED  # the standard library only
+
+    names = " or ".join(PUBLISHED)
+    p = sub.add_parser("models", help="list the separators (shipped, installed, to download); download or import "
+                                      "Google's published bird MixIT models",
+                       description="Without ACTION: list the separators --model takes by name, shipped, installed "
+                                   "and published (to download), with their MoMi and training facts.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    d = actions.add_parser("download", help=f"fetch, check and convert a published model ({names})",
+                           description="Download a published model's checkpoint (resumed if interrupted), check its "
+                                       "size and sha256, convert it and install it in the user model folder "
+                                       "($BIRDSEP_MODELS_DIR; from $BIRDSEP_MODELS_URL).")
+    d.add_argument("name", metavar="NAME", help=names)
+    d.add_argument("--force", action="store_true", help="download and install it again if it is installed")
+    _quiet_flag(d)
+    i = actions.add_parser("import", help="convert published checkpoint files fetched another way (e.g. gsutil)",
+                           description="Check and convert the bird MixIT checkpoint files in DIR (model.ckpt-N.index "
+                                       "+ .data-00000-of-00001, or DIR/output_sources4 and DIR/output_sources8) "
+                                       "and install them in the user model folder; DIR is left as it is.")
+    i.add_argument("folder", metavar="DIR")
+    i.add_argument("--force", action="store_true", help="install it again if it is installed")
 
     def run(a):
-        from birdsep.pretrained import models_table
+        if a.action is None:
+            from birdsep.pretrained import models_table
 
-        print(models_table())
+            print(models_table())
+            return 0
+        from birdsep import modelstore
+
+        if a.action == "download":
+            done = [(a.name, *modelstore.download(a.name, force=a.force, progress=a.progress))]
+        else:
+            done = modelstore.import_checkpoints(a.folder, force=a.force)
+        for name, folder, fresh in done:
+            print(f"{name}: installed in {folder}; --model {name} uses it" if fresh else
+                  f"{name}: already installed in {folder} (--force installs it again)")
         return 0
 
     p.set_defaults(func=run)
