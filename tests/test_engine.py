@@ -29,8 +29,8 @@ def randomised(cfg: SeparatorConfig, seed: int = 0) -> Separator:
     return model
 
 
-class _Reference(torch.nn.Module):
-    """The shipped model's own fp32 forward, hidden from the engine (not a Separator)."""
+class _Wrapper(torch.nn.Module):
+    """Another module holding a separator: the engine walks into it and fuses its layers."""
 
     def __init__(self, model):
         super().__init__()
@@ -38,6 +38,17 @@ class _Reference(torch.nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+class _Plain(torch.nn.Module):
+    """A separator made of layers the engine has no fused form for: it runs as it is."""
+
+    def __init__(self, sources: int = 3):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, sources, 9, padding=4)
+
+    def forward(self, x):  # (B, T) → (B, M, T)
+        return self.conv(x[:, None])
 
 
 def worst_si_snr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -91,10 +102,16 @@ def test_single_waveform_and_fallback_for_other_modules():
         ref = model(x)
     assert E.Engine(model)(x).shape == (4, 5000)
     assert worst_si_snr(ref, E.Engine(model)(x)) > 70
-    other = _Reference(model)  # any module that is not a Separator runs its own forward
-    runner = E.engine_for(other, "fp32")
-    assert not isinstance(runner, E.Engine)
-    torch.testing.assert_close(runner(x[None]), ref[None])
+    wrapped = E.engine_for(_Wrapper(model), "fp32")  # the layers are found wherever they sit
+    assert set(wrapped.fused) == {"model.basis", "model.masknet"} and not wrapped.unfused
+    torch.testing.assert_close(wrapped(x[None]), ref[None], rtol=1e-4, atol=1e-5)
+    plain = _Plain()
+    runner = E.engine_for(plain, "fp32")  # nothing to fuse: the module's own forward
+    assert runner.fused == [] and runner.unfused == ["conv"]
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x[None]), plain(x[None]))
+        y = E.engine_for(plain, "bf16")(x[None])  # autocast, the sum restored
+    torch.testing.assert_close(y.sum(1), x[None], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="odd"):
         Separator(dataclasses.replace(TINY, kernel=2))
 
@@ -117,15 +134,17 @@ def test_bf16_engine_within_40_db_on_real_audio():
         assert worst_si_snr(ref, E.Engine(model, torch.bfloat16)(x)) >= 40
 
 
-def test_default_separation_within_40_db_of_fp32_reference(data_dir):
+def test_default_separation_within_40_db_of_fp32_reference(data_dir, monkeypatch):
     """What `birdsep separate` runs by default (precision auto) against the fp32 reference."""
     from birdsep.pretrained import probe_audio
 
     model = load_model(None)
     auto = BlockSettings(precision=R.resolve("cpu", "auto", model, probe_audio(22050)).precision)
-    reference = _Reference(model)
-    for x in real_audio(data_dir):
-        got = separate_array(model, x[0].numpy(), 22050, auto)
+    clips = real_audio(data_dir)
+    gots = [separate_array(model, x[0].numpy(), 22050, auto) for x in clips]
+    monkeypatch.setattr(E, "FUSIONS", {})  # the reference: the model's own forward, nothing fused
+    reference = _Wrapper(model)
+    for x, got in zip(clips, gots):
         want = separate_array(reference, x[0].numpy(), 22050, BlockSettings(precision="fp32"))
         assert worst_si_snr(torch.from_numpy(want), torch.from_numpy(got)) >= 40
         assert np.abs(got.sum(0) - x[0].numpy()).max() < 1e-4  # still sums to the input

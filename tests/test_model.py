@@ -27,7 +27,7 @@ def test_basis_shapes_any_length(length):
 
 
 def test_tdcn_shapes():
-    net = TDCNpp(dataclasses.replace(TINY, num_sources=3))
+    net = TDCNpp(32, 3, TINY.bottleneck, TINY.hidden, TINY.kernel, TINY.repeats, TINY.blocks)
     masks, w = net(torch.rand(2, 32, 77))
     assert masks.shape == (2, 3, 32, 77) and w is None
     assert masks.min() >= 0 and masks.max() <= 1

@@ -1,10 +1,13 @@
-"""A fast inference engine for a trained :class:`~birdsep.separation.model.Separator`.
+"""Fast inference for any separator: the model's own ``forward`` over fused layers.
 
-The model in ``model.py`` is written for training: channels-first Conv1d layers, a
-GroupNorm module per normalisation, a ConvTranspose1d for the synthesis basis. At
-inference the same arithmetic can be arranged to move far less memory, which is what limits
-a CPU once the matrix multiplies run near peak. This module restates the forward pass
-(hand-written: no library does this folding for us) over the *same weights*:
+The layers in :mod:`birdsep.separation.layers` are written for training: channels-first
+Conv1d layers, a GroupNorm module per normalisation, a ConvTranspose1d for the synthesis
+basis. At inference the same arithmetic can be arranged to move far less memory, which is
+what limits a CPU once the matrix multiplies run near peak. :class:`Engine` copies a model and
+swaps each layer that has a *fused form* registered here (:func:`fuses`) for that form, built
+from the layer's own weights; then it calls the model's own ``forward``. An architecture made
+of registered layers is fast by being registered; a layer without a fused form runs as it is.
+The fused forms (hand-written: no library does this folding for us):
 
 * time-major activations (F, B, C), so every 1×1 convolution is one large GEMM over all
   frames and items (``torch.matmul``) and every per-channel operation a broadcast over rows;
@@ -34,11 +37,13 @@ from __future__ import annotations
 
 import copy
 import weakref
+from typing import Callable
 
 import torch
 import torch.nn.functional as Fn
+from torch import nn
 
-from birdsep.separation.model import Separator, STFTBasis, mixture_consistency
+from birdsep.separation.layers import LearnedBasis, TDCNpp
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -152,58 +157,45 @@ class _Block:
         return y.view(frames, b, h)
 
 
-class Engine:
-    """Fast inference for a Separator: ``Engine(model, torch.bfloat16)(mixture (B, T)) → (B, M, T)``.
+# ----------------------------------------------------------------------------- fused forms
 
-    Holds rearranged copies of the weights (taken when built: rebuild after changing the
-    model). Runs under ``torch.inference_mode`` on the model's device.
-    """
+#: layer class → function (layer, dtype) → its fused inference form (an nn.Module with the
+#: layer's call signature), or None where this layer cannot be fused.
+FUSIONS: dict[type, Callable[[nn.Module, torch.dtype], nn.Module | None]] = {}
 
-    def __init__(self, model: Separator, dtype: torch.dtype = torch.float32):
-        if model.config.kernel % 2 != 1:
-            raise ValueError("the inference engine needs an odd depthwise kernel")
-        with torch.no_grad():
-            self._build(model, dtype)
 
-    def _build(self, model: Separator, dtype: torch.dtype) -> None:
+def fuses(cls: type):
+    """Register the decorated function (layer, dtype) → fused module as ``cls``'s fused form."""
+    def register(fn):
+        FUSIONS[cls] = fn
+        return fn
+    return register
+
+
+class FusedTDCNpp(nn.Module):
+    """A :class:`~birdsep.separation.layers.TDCNpp` for inference: (B, N, F) → masks (B, M, N, F),
+    weights (B, M) | None, time-major inside, the norms folded (see the module docstring)."""
+
+    def __init__(self, net: TDCNpp, dtype: torch.dtype):
+        super().__init__()
         f32 = torch.float32
-        cfg = model.config
-        self.config, self.dtype = cfg, dtype
-        self.window, self.hop = model.basis.window, model.basis.hop
-        self.frames_for, self.pad = model.basis.frames_for, model.basis.pad
-        self.stft = model.basis if isinstance(model.basis, STFTBasis) else None  # parameter-free: used as is
-        if self.stft is None:
-            analysis = model.basis.analysis.weight.detach()[:, 0, :].to(f32, copy=True)  # (N, W)
-            self.analysis, self.analysis_t = analysis.t().contiguous(), analysis  # (W, N), (N, W)
-            self.synthesis_t = model.basis.synthesis.weight.detach()[:, 0, :].t().to(f32, copy=True).contiguous()  # (W, N)
-        net = model.masknet
+        self.num_sources, self.num_coeffs = net.num_sources, net.num_coeffs
         self.w_in = net.inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
         self.b_in = net.inp.bias.detach().to(f32, copy=True)
         # The first block (raw input dynamic range) and the mask head set the accuracy of quiet
         # sources: in bf16 they cost 20–30 dB of SI-SNR against fp32, the other blocks ~1 dB.
         self.blocks = [_Block(b, f32 if i < FP32_LEADING_BLOCKS else dtype) for i, b in enumerate(net.blocks)]
-        self.hidden = cfg.hidden
+        self.hidden = net.blocks[0].inp.out_channels if len(net.blocks) else 0
         self.alpha = net.act.weight.detach().to(f32, copy=True)
-        self.w_mask_t = net.masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
+        self.w_mask = net.masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
         self.b_mask = net.masks.bias.detach().to(f32, copy=True)
         self.mix_weights = net.mix_weights
 
-    @torch.inference_mode()
-    def __call__(self, mixture: torch.Tensor) -> torch.Tensor:
-        """mixture (B, T) or (T,) → sources (B, M, T) or (M, T), fp32."""
-        single = mixture.dim() == 1
-        x = (mixture.unsqueeze(0) if single else mixture).float()  # (B, T)
-        b, length = x.shape
-        m, n = self.config.num_sources, self.config.coefficients
-        padded = self.pad(x)  # (B, T')
-        if self.stft is not None:
-            spec = self.stft.encode(padded)  # (B, N, F) complex
-            coeffs = self.stft.features(padded, spec).permute(2, 0, 1)  # (F, B, N) time-major for the blocks
-        else:
-            frames = padded.unfold(-1, self.window, self.hop)  # (B, F, W), a view
-            coeffs = torch.relu(frames.transpose(0, 1) @ self.analysis)  # (F, B, N) time-major for the blocks
-        h = torch.addmm(self.b_in, coeffs.reshape(-1, n), self.w_in).view(*coeffs.shape[:2], -1)  # (F, B, C)
-        rows = max(block.phases for block in self.blocks)
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, _ = features.shape
+        h = torch.addmm(self.b_in, features.float().transpose(1, 2).reshape(-1, n), self.w_in)  # (B·F, C)
+        h = h.view(b, -1, self.w_in.shape[1]).transpose(0, 1).contiguous()  # (F, B, C) time-major
+        rows = max((block.phases for block in self.blocks), default=1)
         rows = -(-h.shape[0] // rows) * rows  # F rounded up to every block's polyphase factor
         buffers = {}
 
@@ -215,31 +207,114 @@ class Engine:
         for block in self.blocks:
             h = block(h, workspace)
         h = _prelu(h, self.alpha)
-        # The head runs channels-first, so that synthesis frames come out as fold wants them:
-        # no transposing copies of the (B, M, N, F) masked coefficients.
-        masks = torch.matmul(self.w_mask_t, h.permute(1, 2, 0)).add_(self.b_mask[:, None]).sigmoid_()  # (B, M·N, F)
-        if self.stft is not None:
-            masked = masks.view(b, m, n, -1) * spec[:, None]  # (B, M, N, F) complex
-            sources = self.stft.decode(masked.view(b * m, n, -1), padded.shape[-1]).view(b, m, -1)[..., :length]
-            return self._consistent(x, sources, h, single)
-        coeffs_t = torch.relu(self.analysis_t @ frames.transpose(1, 2))  # (B, N, F)
-        masked = masks.view(b, m, n, -1).mul_(coeffs_t[:, None])  # (B, M, N, F)
-        cols = self.synthesis_t @ masked.view(b * m, n, -1)  # (B·M, W, F)
-        nf = cols.shape[-1]
-        total = self.window + (nf - 1) * self.hop
-        sources = Fn.fold(cols, (1, total), (1, self.window), stride=(1, self.hop))  # (B·M, 1, 1, T')
-        sources = sources.view(b, m, total)[..., :length]  # (B, M, T)
-        return self._consistent(x, sources, h, single)
+        # The head runs channels-first, so that the masks come out as the bases want them.
+        masks = torch.matmul(self.w_mask, h.permute(1, 2, 0)).add_(self.b_mask[:, None]).sigmoid_()  # (B, M·N, F)
+        weights = None
+        if self.mix_weights is not None:
+            weights = torch.softmax(self.mix_weights(h.float().mean(dim=0)), dim=-1)  # (B, M)
+        return masks.view(b, self.num_sources, self.num_coeffs, -1), weights
 
-    def _consistent(self, x: torch.Tensor, sources: torch.Tensor, h: torch.Tensor, single: bool) -> torch.Tensor:
-        """Mixture consistency of sources (B, M, T) with x (B, T); h (F, B, C) for learned weights."""
-        mode = self.config.consistency
-        if mode != "none":
-            weights = mode
-            if mode == "learned":
-                weights = torch.softmax(self.mix_weights(h.float().mean(dim=0)), dim=-1)  # (B, M)
-            sources = mixture_consistency(x, sources, weights)
-        return sources[0] if single else sources
+
+@fuses(TDCNpp)
+def _fuse_tdcnpp(net: TDCNpp, dtype: torch.dtype) -> nn.Module | None:
+    kernels = {block.depthwise.kernel_size[0] for block in net.blocks}
+    return FusedTDCNpp(net, dtype) if all(k % 2 == 1 for k in kernels) else None
+
+
+class FusedLearnedBasis(nn.Module):
+    """A :class:`~birdsep.separation.layers.LearnedBasis` for inference: the analysis as
+    framing + GEMM, the synthesis as GEMM + overlap-add (``fold``), not a ConvTranspose1d."""
+
+    def __init__(self, basis: LearnedBasis, dtype: torch.dtype):
+        super().__init__()
+        self.window, self.hop = basis.window, basis.hop
+        self.frames_for, self.pad = basis.frames_for, basis.pad
+        self.analysis = basis.analysis.weight.detach()[:, 0, :].float().clone()  # (N, W)
+        self.synthesis_t = basis.synthesis.weight.detach()[:, 0, :].t().float().contiguous()  # (W, N)
+
+    def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = x.float().unfold(-1, self.window, self.hop)  # (B, F, W), a view
+        coeffs = torch.relu(self.analysis @ frames.transpose(1, 2))  # (B, N, F)
+        return coeffs, coeffs
+
+    def synthesise(self, masks: torch.Tensor, coeffs: torch.Tensor, length: int) -> torch.Tensor:
+        b, m, n, f = masks.shape
+        masked = masks.mul_(coeffs[:, None]) if masks.is_contiguous() else masks * coeffs[:, None]  # (B, M, N, F)
+        cols = self.synthesis_t @ masked.view(b * m, n, f)  # (B·M, W, F)
+        total = self.window + (f - 1) * self.hop
+        sources = Fn.fold(cols, (1, total), (1, self.window), stride=(1, self.hop))  # (B·M, 1, 1, T')
+        return sources.view(b, m, total)
+
+
+@fuses(LearnedBasis)
+def _fuse_learned_basis(basis: LearnedBasis, dtype: torch.dtype) -> nn.Module:
+    return FusedLearnedBasis(basis, dtype)
+
+
+def fuse(model: nn.Module, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, list[str], list[str]]:
+    """A copy of ``model`` with every layer that has a fused form swapped for it.
+
+    Returns (the copy, names of the fused layers, names of the layers that have parameters
+    and run as they are). The caller's model is not changed.
+    """
+    fused, unfused = [], []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            fusion = FUSIONS.get(type(child))
+            replacement = fusion(child, dtype) if fusion is not None else None
+            if replacement is not None:
+                setattr(module, name, replacement)
+                fused.append(path)
+            else:
+                if any(True for _ in child.parameters(recurse=False)):
+                    unfused.append(path)
+                walk(child, path + ".")
+
+    with torch.no_grad():
+        copied = copy.deepcopy(model)
+        if type(copied) in FUSIONS:
+            whole = FUSIONS[type(copied)](copied, dtype)
+            if whole is not None:
+                return whole, [""], []
+        walk(copied, "")
+        if any(True for _ in copied.parameters(recurse=False)):
+            unfused.append("(the model itself)")
+    return copied.eval(), fused, unfused
+
+
+class Engine:
+    """Fast inference for a separator: ``Engine(model, torch.bfloat16)(mixture (B, T)) → (B, M, T)``.
+
+    Runs the model's own ``forward`` over a copy whose registered layers are fused
+    (:func:`fuse`): ``fused`` and ``unfused`` name the layers that were and were not. When
+    nothing could be fused, bf16 runs the model under autocast (and restores the sum of the
+    sources that rounding loses). Weights are copied when the engine is built: rebuild after
+    changing the model. Runs under ``torch.inference_mode`` on the model's device.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.config = getattr(model, "config", None)
+        self.model, self.fused, self.unfused = fuse(model, dtype)
+
+    @torch.inference_mode()
+    def __call__(self, mixture: torch.Tensor) -> torch.Tensor:
+        """mixture (B, T) or (T,) → sources (B, M, T) or (M, T), fp32."""
+        x = mixture.float()
+        if self.dtype == torch.float32 or self.fused:
+            return self.model(x).float()
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            y = self.model(x).float()
+        return y + ((x - y.sum(-2)) / y.shape[-2]).unsqueeze(-2)  # restore the sum lost to rounding
+
+
+def signature(model: nn.Module) -> str:
+    """What decides the engine's arithmetic for ``model`` beside its weights (for caches of
+    measured choices): its class, the fused forms that apply and their precision policy."""
+    kinds = sorted({type(m).__name__ for m in model.modules() if type(m) in FUSIONS})
+    return f"{type(model).__name__}/fused:{','.join(kinds) or '-'}/fp32-leading:{FP32_LEADING_BLOCKS}"
 
 
 # ----------------------------------------------------------------------------- engines per model
@@ -264,30 +339,13 @@ def engine_for(model: torch.nn.Module, precision: str = "fp32", device: str | to
     key = (precision, str(device))
     if key not in cache:
         here = model if _is_on(model, torch.device(device)) else copy.deepcopy(model).to(device)
-        supported = isinstance(here, Separator) and here.config.kernel % 2 == 1
-        cache[key] = Engine(here, DTYPES[precision]) if supported else _Reference(here, DTYPES[precision])
+        cache[key] = Engine(here, DTYPES[precision])
     return cache[key]
 
 
 def _is_on(model: torch.nn.Module, device: torch.device) -> bool:
     p = next(model.parameters(), None)
     return p is None or p.device == device or (device.index is None and p.device.type == device.type)
-
-
-class _Reference:
-    """Any other separator module (even kernels, test doubles): its own forward, autocast for bf16."""
-
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
-        self.model, self.dtype = model, dtype
-
-    @torch.inference_mode()
-    def __call__(self, mixture: torch.Tensor) -> torch.Tensor:
-        x = mixture.float()
-        if self.dtype == torch.float32:
-            return self.model(x)
-        with torch.autocast(x.device.type, dtype=self.dtype):
-            y = self.model(x).float()
-        return y + ((x - y.sum(-2)) / y.shape[-2]).unsqueeze(-2)  # restore the sum lost to rounding
 
 
 def forget(model: torch.nn.Module) -> None:

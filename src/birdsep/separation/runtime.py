@@ -220,7 +220,7 @@ def choices_file() -> Path:
 def _machine_key(model, device: str) -> str:
     import torch
 
-    from birdsep.separation.engine import FP32_LEADING_BLOCKS
+    from birdsep.separation.engine import signature
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -230,7 +230,7 @@ def _machine_key(model, device: str) -> str:
         processor = torch.cuda.get_device_name(torch.device(device))
     else:
         processor = f"{platform.machine()} {_cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
-    rules = f"v2/{MIN_SI_SNR_DB}/{MIN_SPEEDUP}/{TIMINGS}x{ROUNDS}/{NOISY}/{DOUBT}/{FP32_LEADING_BLOCKS}"
+    rules = f"v2/{MIN_SI_SNR_DB}/{MIN_SPEEDUP}/{TIMINGS}x{ROUNDS}/{NOISY}/{DOUBT}/{signature(model)}"
     return f"{digest.hexdigest()[:16]} | {processor} | torch {torch.__version__} | {rules}"
 
 

@@ -22,7 +22,8 @@ from birdsep import audio, batches, files, limits, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
-from birdsep.separation.model import PRESETS, Separator, SeparatorConfig, preset, save_model, widen_sources
+from birdsep.separation import architectures
+from birdsep.separation.model import save_model
 from birdsep.training import SeparatorTrainOptions
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class MixITModule(pl.LightningModule):
     def __init__(self, config: dict, lr: float, snr_max: float, sparsity: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
-        self.model = Separator(SeparatorConfig.from_dict(config))
+        self.model = architectures.build(architectures.from_stored(config))
         self.lr, self.snr_max, self.sparsity = lr, snr_max, sparsity
 
     def training_step(self, batch: torch.Tensor | dict, batch_idx: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ WHO = "birdsep train-separator:"
 
 def _effective(options: dict) -> dict:
     """The source count and mixture length a preset stands for when they are left to it."""
-    base = PRESETS.get(options["preset"])
+    base = architectures.presets().get(options["preset"], (None, None))[1]
     if base is not None:
         options = {**options, "sources": options["sources"] or base.num_sources,
                    "clip_seconds": options["clip_seconds"] or base.clip_seconds}
@@ -102,7 +103,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
         base = load_model(opts.init_from)
     design = opts.preset
     if stored is not None:  # the run's model, whatever the options say (they agree unless overridden)
-        config = SeparatorConfig.from_dict(stored["model"])
+        config = architectures.from_stored(stored["model"])
         design = stored["options"].get("preset", design)
         if opts.clip_seconds and opts.clip_seconds != config.clip_seconds:
             config = dataclasses.replace(config, clip_seconds=opts.clip_seconds)
@@ -111,7 +112,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
                                      clip_seconds=opts.clip_seconds or base.config.clip_seconds)
     else:
         try:
-            config = preset(opts.preset, num_sources=opts.sources, clip_seconds=opts.clip_seconds)
+            config = architectures.preset(opts.preset, num_sources=opts.sources, clip_seconds=opts.clip_seconds)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -135,7 +136,7 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     training.say(f"training on {len(index.recordings)} recordings, {audio.amount(index.hours * 3600)}; "
                  f"model {design} M={config.num_sources}, {config.clip_seconds:g} s mixtures")
     training.write_run(options_file, {
-        "options": dataclasses.asdict(opts), "model": config.to_dict(), "data": [os.path.abspath(d) for d in data],
+        "options": dataclasses.asdict(opts), "model": architectures.to_stored(config), "data": [os.path.abspath(d) for d in data],
         "resumes": int(stored.get("resumes", 0)) + 1 if stored else 0,
     })
 
@@ -147,12 +148,15 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
                                               sources=config.num_sources), opts.seed,
                             resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
-    module = MixITModule(config.to_dict(), opts.lr, opts.snr_max, opts.sparsity)
+    module = MixITModule(architectures.to_stored(config), opts.lr, opts.snr_max, opts.sparsity)
     if base is not None:
         state = base.state_dict()
         if base.config.num_sources != config.num_sources:
-            state = widen_sources(state, base.config.num_sources, config.num_sources, config.coefficients,
-                                  seed=opts.seed)
+            widen = architectures.of(config).widen
+            if widen is None:
+                raise UsageError(f"{opts.init_from}: a {architectures.of(config).name} model cannot be widened "
+                                 f"from M={base.config.num_sources} to {config.num_sources}")
+            state = widen(state, base.config, config, seed=opts.seed)
         module.model.load_state_dict(state, strict=True)
         training.say(f"starting from the weights of {opts.init_from} "
                      f"(M={base.config.num_sources} → {config.num_sources})")
