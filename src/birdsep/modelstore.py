@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,6 +161,8 @@ def download(name: str, *, force: bool = False, progress: bool = True) -> tuple[
         url = base_url()
         for pin in model.files:
             _fetch(f"{url}/{model.subdir}/{pin.name}", cache / pin.name, pin, progress)
+        if progress:
+            print(f"{model.name}: {len(model.files)} files checked (size and sha256); converting", file=sys.stderr)
         _install(model, cache, final, force=force, how={
             "how": "birdsep models download", "url": f"{url}/{model.subdir}/",
             "files": {p.name: {"bytes": p.size, "sha256": p.sha256} for p in model.files}})
