@@ -29,8 +29,10 @@ def _threads():
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Measured precision choices go to a temporary folder, not the user's ~/.cache."""
+    """Measured precision choices and installed models go to temporary folders, not the user's
+    ~/.cache and ~/.local/share."""
     os.environ["BIRDSEP_CACHE"] = str(tmp_path_factory.mktemp("birdsep_cache"))
+    os.environ["BIRDSEP_MODELS_DIR"] = str(tmp_path_factory.mktemp("birdsep_models"))
 
 
 def pytest_addoption(parser):
