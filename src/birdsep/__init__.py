@@ -7,7 +7,7 @@ Python API (imported on first use, so that ``import birdsep`` stays light)::
     model = birdsep.load_model("runs/my_run")                  # a run directory or model folder
     scores = birdsep.classify(waveform, sample_rate, classifier="birdnet")  # per-window species scores
 """
-__version__ = "0.1.0"
+from birdsep.version import __version__
 
 __all__ = ["separate", "load_model", "classify", "__version__"]
 

@@ -15,7 +15,8 @@ import math
 import re
 import sys
 
-from birdsep import __version__, limits, training
+from birdsep import limits, training
+from birdsep.version import __version__
 from birdsep.errors import InputError, Stopped, UsageError, exit_code, require
 from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, MODES
 from birdsep.separation import runtime

@@ -37,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from birdsep import __version__, files
+from birdsep import files
+from birdsep.version import __version__
 from birdsep.errors import StorageError, UsageError
 
 #: Where the published checkpoints are served (``<BASE_URL>/<subdir>/<file>``); ``$BIRDSEP_MODELS_URL`` overrides it.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -28,7 +29,8 @@ from typing import Callable, Iterator
 import numpy as np
 import soxr
 
-from birdsep import __version__, audio, files
+from birdsep import audio, files
+from birdsep.version import __version__
 from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.errors import UsageError
 from birdsep.separation import runtime
@@ -75,27 +77,31 @@ def _resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: 
 
 
 class _Tee:
-    """Passes chunks through while keeping a copy in a FIFO (to line the input up with outputs)."""
+    """Passes chunks through while keeping a copy in a FIFO (to line the input up with outputs);
+    chunks pass in one thread and are taken in another (:func:`audio.ahead`), hence the lock."""
 
     def __init__(self, chunks: Iterator[np.ndarray]):
         self.chunks, self.fifo, self.size = chunks, deque(), 0
+        self.lock = threading.Lock()
 
     def __iter__(self):
         for c in self.chunks:
-            self.fifo.append(c)
-            self.size += len(c)
+            with self.lock:
+                self.fifo.append(c)
+                self.size += len(c)
             yield c
 
     def take(self, n: int) -> np.ndarray:
         parts, got = [], 0
-        while got < n and self.fifo:
-            c = self.fifo.popleft()
-            k = min(n - got, len(c))
-            parts.append(c[:k])
-            if k < len(c):
-                self.fifo.appendleft(c[k:])
-            got += k
-        self.size -= got
+        with self.lock:
+            while got < n and self.fifo:
+                c = self.fifo.popleft()
+                k = min(n - got, len(c))
+                parts.append(c[:k])
+                if k < len(c):
+                    self.fifo.appendleft(c[k:])
+                got += k
+            self.size -= got
         x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         return np.pad(x, (0, n - len(x)))
 
@@ -160,7 +166,9 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         native = _Tee(source) if keep_high_band or share_residual else None
         model_rate = _resampled(iter(native) if native is not None else source, sr_in, sr_model)
 
-        separated = separate_stream(model, model_rate, sr_model, settings)
+        # decoding, resampling and the model run a chunk ahead in a thread, while this one draws,
+        # quantises, encodes and writes the chunk before (the same chunks, in the same order)
+        separated = audio.ahead(separate_stream(model, model_rate, sr_model, settings))
 
         def with_spectrogram(chunks):  # the sources sum to the model-rate mixture: row 0 of the picture
             for s in chunks:

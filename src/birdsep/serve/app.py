@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
-from birdsep import __version__
+from birdsep.version import __version__
 from birdsep.errors import AudioError, UsageError
 from birdsep.serve.jobs import JobManager
 from birdsep.serve.library import SERVE_DIR, SERVE_RTYPES, Library, NotFound, Recording, Refused, Settings, TooLarge
