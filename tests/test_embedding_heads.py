@@ -58,6 +58,57 @@ def test_mil_loss_on_a_positive_only_looks_at_the_best_instance():
     assert neg.item() == pytest.approx((_bce(3.0, 0.05) + _bce(-5.0, 0.05) + _bce(-2.0, 0.05)) / 3)
 
 
+def _brute_pool(zs: list[float], spec: H.MilSpec) -> float:
+    """A positive entry's cost, written out from the definitions, one instance at a time."""
+    sig = [1.0 / (1.0 + math.exp(-v)) for v in zs]
+    if spec.pool == "each":
+        pooled = sum(_bce(v, 0.95) for v in zs) / len(zs)
+    else:
+        if spec.pool == "max":
+            top = max(zs)
+        elif spec.pool == "lse":
+            top = math.log(sum(math.exp(spec.r * v) for v in zs) / len(zs)) / spec.r
+        else:  # noisy-or: p = 1 − Π(1 − σ)
+            p = 1.0 - math.prod(1.0 - q for q in sig)
+            top = math.log(p / (1.0 - p))
+        pooled = _bce(top, 0.95)
+    return spec.anchor * _bce(zs[0], 0.95) + (1 - spec.anchor) * pooled
+
+
+@pytest.mark.parametrize("spec", [H.MilSpec("max"), H.MilSpec("lse", r=2.0), H.MilSpec("noisy-or"),
+                                  H.MilSpec("each"), H.MilSpec("max", anchor=0.5), H.MilSpec("lse", anchor=0.5),
+                                  H.MilSpec("max", anchor=1.0)])
+def test_every_mil_pool_matches_a_brute_force_answer(spec):
+    rng = np.random.default_rng(2)
+    b, i, n = 4, 5, 3
+    z = rng.normal(0, 2, (b, i, n))
+    y = (rng.random((b, n)) < 0.5).astype(np.float64)
+    m = (rng.random((b, n)) < 0.9).astype(np.float64)
+    valid = np.ones((b, i), bool)
+    valid[2, 3:] = False
+    total, count = 0.0, 0
+    for bb, c in itertools.product(range(b), range(n)):
+        if m[bb, c]:
+            zs = [z[bb, k, c] for k in range(i) if valid[bb, k]]
+            total += _brute_pool(zs, spec) if y[bb, c] else sum(_bce(v, 0.05) for v in zs) / len(zs)
+            count += 1
+    got = H.mil_bce(torch.tensor(z), torch.tensor(y), torch.tensor(m), torch.tensor(valid), spec=spec)
+    assert got.item() == pytest.approx(total / count, rel=1e-9)
+
+
+def test_mil_pools_order_between_mean_and_max():
+    # log-mean-exp lies between the mean and the max and tends to the max as r grows; the noisy-OR
+    # of one instance is that instance, and of several is at least the best one.
+    z = torch.tensor([[[2.0], [-1.0], [0.5]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    lse = [H.pool_logits(z, valid, H.MilSpec("lse", r=r)).item() for r in (0.01, 1.0, 5.0, 200.0)]
+    assert z.mean().item() < lse[0] < lse[1] < lse[2] < lse[3] <= 2.0 and lse[3] == pytest.approx(2.0, abs=0.01)
+    assert H.pool_logits(z[:, :1], valid[:, :1], H.MilSpec("noisy-or")).item() == pytest.approx(2.0, rel=1e-6)
+    assert H.pool_logits(z, valid, H.MilSpec("noisy-or")).item() > 2.0
+    with pytest.raises(ValueError):
+        H.MilSpec("mean")
+
+
 def test_mil_loss_with_one_instance_is_the_b0_taxonomic_loss():
     rng = np.random.default_rng(1)
     sizes = {"species": 4, "genus": 3, "family": 2, "order": 1, "bird": 1}

@@ -10,14 +10,17 @@ embedding (1024 for BirdNET), n a head's classes, N windows of audio, T samples.
   Embeddings are standardised with the training set's mean and spread (buffers saved with the
   weights); an ensemble's members average their logits.
 - :func:`mil_loss`: a window's weak label says its bird is in at least one of {mix, tracks}:
-  a positive class is scored on the highest instance logit, a negative one on every instance.
-  With one instance it is the B0 trainer's :func:`birdsep.classification.model.taxonomic_loss`.
+  a positive class is scored on its instances pooled as :class:`MilSpec` says (the highest
+  logit, a log-mean-exp, a noisy-OR; optionally with the mix always labelled too), a negative
+  one on every instance. With one instance it is the B0 trainer's
+  :func:`birdsep.classification.model.taxonomic_loss`.
 - :class:`HeadsBackend`: a run folder as a ``birdsep classify`` backend (3 s at 48 kHz → BirdNET
   embedding → heads → species probabilities).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,32 +121,92 @@ class Heads(nn.Module):
 # ------------------------------------------------------------------------------ the loss
 
 
+#: How a positive class's instance logits become the one logit its weak label is scored on.
+MIL_POOLS = ("max", "lse", "noisy-or", "each")
+
+
+@dataclass(frozen=True)
+class MilSpec:
+    """The multiple-instance loss of one bag of instances (the mix first, then its tracks).
+
+    ``pool`` for a positive class (the bird is in at least one instance): ``max`` the best
+    instance's logit; ``lse`` log-mean-exp with sharpness ``r`` (1/r · log mean exp(r·z): from the
+    mean at r → 0 to the max at r → ∞, every instance gets gradient); ``noisy-or`` the logit of
+    1 − Π(1 − σ(z)) (the bag is positive if any instance is); ``each`` every instance labelled
+    like the bag (the naive use of tracks as augmented copies, which MIL is meant to replace).
+    ``anchor`` a ∈ [0, 1]: a positive costs a·BCE(mix) + (1 − a)·BCE(pooled): the mix, which
+    always holds the bird, stays a labelled instance (a = 1: the tracks only as negatives).
+    A negative class (in no instance) costs the mean over the bag's instances of BCE(z, ε/2).
+    """
+
+    pool: str = "max"
+    anchor: float = 0.0
+    r: float = 5.0
+
+    def __post_init__(self):
+        if self.pool not in MIL_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(MIL_POOLS)}, not {self.pool!r}")
+        if not 0.0 <= self.anchor <= 1.0 or not self.r > 0:
+            raise ValueError("anchor must be in [0, 1] and r > 0")
+
+    @property
+    def name(self) -> str:
+        pool = f"lse r={self.r:g}" if self.pool == "lse" else self.pool
+        return pool if not self.anchor else ("tracks as negatives" if self.anchor == 1 else
+                                             f"mix-anchored {self.anchor:g} + {pool}")
+
+
+#: The loss ``train-classifier --tracks`` trains with.
+MIL_DEFAULT = MilSpec()
+
+
+def pool_logits(z: torch.Tensor, valid: torch.Tensor, spec: MilSpec) -> torch.Tensor:
+    """z (B, I, n) instance logits, valid (B, I) bool → (B, n) one logit per bag and class
+    (``spec.pool`` ``max``, ``lse`` or ``noisy-or``)."""
+    v = valid[..., None]  # (B, I, 1)
+    if spec.pool == "max":
+        return z.masked_fill(~v, torch.finfo(z.dtype).min).amax(dim=1)
+    if spec.pool == "lse":
+        count = v.to(z.dtype).sum(dim=1).clamp(min=1.0)  # (B, 1)
+        return (torch.logsumexp((spec.r * z).masked_fill(~v, -math.inf), dim=1) - count.log()) / spec.r
+    # noisy-or: log(1 − p) = −s with s = Σ softplus(z); logit(p) = log(1 − e^−s) + s
+    s = (nn.functional.softplus(z) * v.to(z.dtype)).sum(dim=1).clamp(min=1e-12)  # (B, n)
+    return torch.log(-torch.expm1(-s)) + s
+
+
 def mil_bce(z: torch.Tensor, y: torch.Tensor, m: torch.Tensor, valid: torch.Tensor | None = None,
-            smoothing: float = LABEL_SMOOTHING) -> torch.Tensor:
+            smoothing: float = LABEL_SMOOTHING, spec: MilSpec = MIL_DEFAULT) -> torch.Tensor:
     """Multiple-instance BCE of one head, mean over the unmasked (bag, class) entries.
 
-    z (B, I, n) instance logits; y (B, n) bag targets 0/1; m (B, n) loss masks 0/1; valid (B, I)
-    which instances a bag has (default all). A positive entry (y = 1: the class is in at least
-    one instance) costs BCE(max over the bag's instances of z, 1 − ε/2); a negative entry (the
-    class is in none) costs the mean over the bag's instances of BCE(z, ε/2).
+    z (B, I, n) instance logits, instance 0 the mix; y (B, n) bag targets 0/1; m (B, n) loss
+    masks 0/1; valid (B, I) which instances a bag has (default all). A positive entry (y = 1)
+    costs ``spec``'s BCE at target 1 − ε/2 (:class:`MilSpec`); a negative entry the mean over the
+    bag's instances of BCE(z, ε/2).
     """
     b, i, _ = z.shape
     valid = torch.ones(b, i, dtype=torch.bool, device=z.device) if valid is None else valid.bool()
     y, m = y.to(z.dtype), m.to(z.dtype)
-    top = z.masked_fill(~valid[..., None], torch.finfo(z.dtype).min).amax(dim=1)  # (B, n)
-    pos = nn.functional.binary_cross_entropy_with_logits(top, smooth_labels(torch.ones_like(top), smoothing),
-                                                         reduction="none")  # (B, n)
-    each = nn.functional.binary_cross_entropy_with_logits(z, smooth_labels(torch.zeros_like(z), smoothing),
-                                                          reduction="none")  # (B, I, n)
-    v = valid[..., None].to(z.dtype)
-    neg = (each * v).sum(dim=1) / v.sum(dim=1).clamp(min=1.0)  # (B, n)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    hi, lo = smooth_labels(torch.ones((), dtype=z.dtype), smoothing), smooth_labels(torch.zeros((), dtype=z.dtype),
+                                                                                   smoothing)
+    v = valid[..., None].to(z.dtype)  # (B, I, 1)
+    count = v.sum(dim=1).clamp(min=1.0)  # (B, 1)
+    neg = (bce(z, lo.expand_as(z), reduction="none") * v).sum(dim=1) / count  # (B, n)
+    if spec.pool == "each":
+        pooled = (bce(z, hi.expand_as(z), reduction="none") * v).sum(dim=1) / count  # (B, n)
+    else:
+        top = pool_logits(z, valid, spec)  # (B, n)
+        pooled = bce(top, hi.expand_as(top), reduction="none")
+    pos = pooled if not spec.anchor else (spec.anchor * bce(z[:, 0], hi.expand_as(z[:, 0]), reduction="none")
+                                           + (1 - spec.anchor) * pooled)  # (B, n)
     entry = torch.where(y > 0, pos, neg)
     return (entry * m).sum() / m.sum().clamp(min=1.0)
 
 
 def mil_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
              valid: torch.Tensor | None = None, smoothing: float = LABEL_SMOOTHING,
-             taxonomy_weight: float = TAXONOMY_WEIGHT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             taxonomy_weight: float = TAXONOMY_WEIGHT,
+             spec: MilSpec = MIL_DEFAULT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`mil_bce` summed over heads, genus/family/order weighted by ``taxonomy_weight``
     (paper §2.3). ``logits[h]`` (B, I, n_h); ``targets[h]``, ``masks[h]`` (B, n_h). Returns
     (total, per-head losses)."""
@@ -152,7 +215,7 @@ def mil_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], 
     for name, z in logits.items():
         if z.shape[-1] == 0:
             continue
-        loss = mil_bce(z, targets[name], masks[name], valid, smoothing)
+        loss = mil_bce(z, targets[name], masks[name], valid, smoothing, spec)
         per_head[name] = loss
         total = total + (taxonomy_weight if name in ("genus", "family", "order") else 1.0) * loss
     return total, per_head
