@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-BUILT_IN = ("birdsep.separation.architectures.tdcnpp",)
+BUILT_IN = ("birdsep.separation.architectures.tdcnpp", "birdsep.separation.architectures.bird_mixit")
 ENTRY_POINTS = "birdsep.architectures"
 
 
