@@ -13,7 +13,7 @@
   (changes that keep the model and its data are reported, the others refused unless
   ``--allow-changed-options``); :func:`find_checkpoint` is the one place a resumed run finds
   its checkpoint: the newest by the step stored inside, whatever its name, damaged ones
-  skipped. Batches are drawn by step (:mod:`birdsep.batches`) and random operations in a step
+  skipped. Batches are drawn by step (:mod:`birdsep.stepbatches`) and random operations in a step
   seeded by it, so a resumed run trains exactly as an uninterrupted one.
 * :func:`make_trainer` builds every ``Trainer``: checkpoints written atomically and durably,
   always to ``last.ckpt`` (never ``last-v1.ckpt``), a final one when training ends or is
@@ -508,7 +508,7 @@ def _callbacks(opts: TrainOptions, folder: Path, step_files: bool, end: float | 
 
     class StepSeed(pl.Callback):
         """Random operations of step k (dropout, drop-path) seeded by (seed, k, rank), like its
-        batch (:mod:`birdsep.batches`): a resumed run repeats them as an uninterrupted one would."""
+        batch (:mod:`birdsep.stepbatches`): a resumed run repeats them as an uninterrupted one would."""
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             entropy = [opts.seed, trainer.global_step, trainer.global_rank]

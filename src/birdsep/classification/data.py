@@ -254,7 +254,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.example(index, self._rng() if self.augment else None)
 
     def batch(self, size: int, place: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Training batch number ``place`` (:mod:`birdsep.batches`): examples ``place·size`` to
+        """Training batch number ``place`` (:mod:`birdsep.stepbatches`): examples ``place·size`` to
         ``place·size + size − 1`` of an endless run of epochs, each a permutation of the items
         seeded by (seed, epoch), augmented with ``rng``."""
         picks = []

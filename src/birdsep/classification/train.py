@@ -28,7 +28,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from birdsep import batches, files, training
+from birdsep import files, stepbatches, training
 from birdsep.classification import model as M
 from birdsep.classification.data import LabelSpace, WindowDataset, activity_windows, noise_clips, read_labelled
 from birdsep.errors import AudioError, UsageError
@@ -144,8 +144,8 @@ def train_classifier(data: str, opts: ClassifierTrainOptions) -> Path:
             continue
         pl.seed_everything(opts.seed + k, verbose=False)
         ds = WindowDataset(windows, labels, cfg, augment, noise, seed=opts.seed + k)
-        loader = batches.loader(functools.partial(ds.batch, opts.batch_size), opts.seed + k,
-                                resume.step if resume else 0, opts.workers)
+        loader = stepbatches.loader(functools.partial(ds.batch, opts.batch_size), opts.seed + k,
+                                    resume.step if resume else 0, opts.workers)
         module = ClassifierModule(cfg, opts.lr, opts.steps)
         # One log folder per session, so a resumed run keeps the metrics from before the stop.
         session = f"session_{len(list((mdir / 'logs').glob('session_*[0-9]')))}"

@@ -304,7 +304,7 @@ def mom_batch(sampler: WindowSampler, size: int, place: int, rng: np.random.Gene
               references: int = 2, share: float = 0.0, noise_share: float = 0.0,
               song_share: float = 0.0, sources: int = 4, level_gap: float = 0.0) -> torch.Tensor | dict:
     """A training batch of ``size`` MoMs (B, N, T) drawn with ``rng`` (``place``: the batch's
-    number, :mod:`birdsep.batches`). N = 2, or N = ``references`` for a ``share`` of the batches;
+    number, :mod:`birdsep.stepbatches`). N = 2, or N = ``references`` for a ``share`` of the batches;
     ``noise_share``, ``level_gap``: see :func:`draw_mom`. A ``song_share`` of the batches are instead
     :func:`song_batch` es of scenes with ``sources`` known sources."""
     if song_share > 0 and rng.random() < song_share:

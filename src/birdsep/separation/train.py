@@ -4,7 +4,7 @@ RUN_DIR holds: ``options.json`` (what was asked, the model's config, the data; a
 is compared with it), ``data_index.json`` (the scanned corpus), ``checkpoints/last.ckpt``
 (every ``checkpoint_every`` steps and at the end, written atomically), ``logs/`` (CSV and
 TensorBoard), and the model itself as ``model.safetensors`` + ``config.json``, refreshed at
-every checkpoint. Batch k is drawn by step (:mod:`birdsep.batches`), so a resumed run trains
+every checkpoint. Batch k is drawn by step (:mod:`birdsep.stepbatches`), so a resumed run trains
 exactly as an uninterrupted one.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from birdsep import audio, batches, files, limits, training
+from birdsep import audio, files, limits, stepbatches, training
 from birdsep.errors import UsageError
 from birdsep.separation.data import RecordingIndex, WindowSampler, mom_batch
 from birdsep.separation.mixit import MAX_ASSIGNMENTS, mixit_loss, pit_loss, sparsity_loss
@@ -141,12 +141,11 @@ def train_separator(data: list[str], opts: SeparatorTrainOptions) -> Path:
     })
 
     sampler = WindowSampler(index, config.clip_seconds, config.sample_rate)
-    loader = batches.loader(functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
-                                              share=opts.references_share if opts.references > 2 else 0.0,
-                                              noise_share=opts.noise_share, song_share=opts.song_share,
-                                              level_gap=opts.level_gap,
-                                              sources=config.num_sources), opts.seed,
-                            resume.step if resume else 0, opts.workers)
+    draw = functools.partial(mom_batch, sampler, opts.batch_size, references=opts.references,
+                             share=opts.references_share if opts.references > 2 else 0.0,
+                             noise_share=opts.noise_share, song_share=opts.song_share, level_gap=opts.level_gap,
+                             sources=config.num_sources)
+    loader = stepbatches.loader(draw, opts.seed, resume.step if resume else 0, opts.workers)
     pl.seed_everything(opts.seed, verbose=False)  # the initial weights
     module = MixITModule(architectures.to_stored(config), opts.lr, opts.snr_max, opts.sparsity)
     if base is not None:
