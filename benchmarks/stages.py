@@ -1,0 +1,214 @@
+"""Where a birdsep command's time goes: stage seconds measured inside the command's own process.
+
+    python benchmarks/stages.py PROFILE.json -m birdsep separate IN -o OUT -q
+
+runs ``python -m birdsep …`` (whichever birdsep ``PYTHONPATH`` finds first, so a worktree of
+an earlier commit is profiled the same way) after wrapping the functions that do each stage, and
+writes {"wall": s, "stages": {stage: s}, "calls": {stage: n}} to PROFILE.json.
+
+A stage's seconds are its *own*: while a wrapped function calls another stage (a generator
+pulling decoded blocks, say) the time counts for the inner one. Each thread keeps its own stack,
+so stages that run in threads beside the main one are counted where they run, and the shares of
+wall time can then add up to more than 100 %; the main thread's wait for a thread working ahead
+of it is a stage of its own. Wall time not inside any stage ("start-up and
+glue") is imports, model loading, argument parsing, folders. The wrappers cost ~1 µs per call.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+#: stage → the functions doing it ("module:attribute" or "module:Class.method"); names missing
+#: from the birdsep being profiled (an earlier commit) are skipped.
+STAGES = {
+    "loading models": ["birdsep.pretrained:load_model", "birdsep.backends:load_classifier"],
+    "decode": ["birdsep.audio:blocks", "birdsep.audio:load"],
+    "resample": ["birdsep.audio:resample", "birdsep.pipeline:_resampled", "birdsep.audio:Resampler.__call__"],
+    "model": ["birdsep.separation.apply:separate_stream"],
+    "encode": ["birdsep.audio:TrackWriter.write", "birdsep.audio:TrackWriter.close"],
+    "picture": ["birdsep.plots:SpectrogramAccumulator.add", "birdsep.plots:SpectrogramAccumulator.result",
+                "birdsep.plots:plot_separation", "birdsep.plots:make_video"],
+    "BirdNET": ["birdsep.backends:BirdNET.predict"],
+    "combination": ["birdsep.detect:combine", "birdsep.combination:TrackInput.apply",
+                    "birdsep.combination:track_levels"],
+    "writing": ["birdsep.outputs:write_outputs", "birdsep.outputs:write_combined", "birdsep.files:write_json"],
+    # the caller waiting for the thread that works ahead of it (audio.ahead): time that the
+    # stages above, running in that thread, did not hide behind the caller's own work
+    "waiting for the thread ahead": ["birdsep.audio:ahead"],
+}
+ORDER = [*STAGES, "start-up and glue"]
+
+_local = threading.local()
+_lock = threading.Lock()
+seconds: dict[str, float] = {s: 0.0 for s in STAGES}
+calls: dict[str, int] = {s: 0 for s in STAGES}
+
+
+def _stack() -> list:
+    if not hasattr(_local, "stack"):
+        _local.stack = []  # [stage, started] of the stages entered on this thread, innermost last
+    return _local.stack
+
+
+def _enter(stage: str) -> None:
+    now, stack = time.perf_counter(), _stack()
+    if stack:  # the outer stage pauses
+        outer = stack[-1]
+        with _lock:
+            seconds[outer[0]] += now - outer[1]
+    stack.append([stage, now])
+
+
+def _leave() -> None:
+    now, stack = time.perf_counter(), _stack()
+    stage, started = stack.pop()
+    with _lock:
+        seconds[stage] += now - started
+        calls[stage] += 1
+    if stack:
+        stack[-1][1] = now  # the outer stage resumes
+
+
+def _timed(fn, stage: str):
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*a, **kw):
+            it = fn(*a, **kw)
+            while True:
+                _enter(stage)
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    _leave()
+                yield item
+        return gen
+
+    @functools.wraps(fn)
+    def call(*a, **kw):
+        _enter(stage)
+        try:
+            return fn(*a, **kw)
+        finally:
+            _leave()
+    return call
+
+
+def install() -> None:
+    for stage, targets in STAGES.items():
+        for target in targets:
+            mod_name, attr = target.split(":")
+            try:
+                owner = importlib.import_module(mod_name)
+            except ImportError:
+                continue
+            *path, name = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part, None)
+            if owner is not None and hasattr(owner, name):
+                original = getattr(owner, name)
+                wrapped = _timed(original, stage)
+                setattr(owner, name, wrapped)
+                for mod in list(sys.modules.values()):  # names bound by "from … import" before this
+                    if getattr(mod, "__name__", "").startswith("birdsep") and getattr(mod, name, None) is original:
+                        setattr(mod, name, wrapped)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    out, flag, module, *argv = sys.argv[1:]
+    assert flag == "-m", "usage: stages.py PROFILE.json -m MODULE ARGS..."
+    install()
+    sys.argv = [module, *argv]
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    wall = time.perf_counter() - started
+    with open(out, "w") as fh:
+        json.dump({"wall": wall, "stages": seconds, "calls": calls}, fh)
+    sys.exit(code)
+
+
+# ------------------------------------------------------------------------------ for the benchmark scripts
+
+
+def profiled(cmd: list[str], pythonpath: str | None = None) -> tuple[str, float, int, float, dict]:
+    """``cmd`` (``-m birdsep …`` arguments) run under this profiler in a process of its own (with
+    ``pythonpath`` first on the path: an earlier commit's ``src``): exit code, wall seconds, peak
+    RSS kB, CPU seconds (as :func:`common.measure`) and the stage profile, whose wall is the
+    whole process's (start-up and exit included)."""
+    from common import measure
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.json"
+        saved = os.environ.get("PYTHONPATH")
+        if pythonpath:
+            os.environ["PYTHONPATH"] = pythonpath
+        try:
+            rc, wall, rss_kb, cpu = measure([sys.executable, __file__, out, *cmd])
+        finally:
+            if pythonpath:
+                os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
+        profile = json.loads(out.read_text()) if out.exists() else {"stages": {}, "calls": {}}
+    profile["wall"] = wall
+    return rc, wall, rss_kb, cpu, profile
+
+
+def stage_rows(profile: dict) -> dict[str, tuple[float, float]]:
+    """stage → (seconds, share of wall) in ORDER; "start-up and glue" is the wall time in no
+    stage (imports, model loading's Python side, exit; never below 0 when threads overlap)."""
+    wall, st = profile["wall"], profile["stages"]
+    glue = max(0.0, wall - sum(st.values()))
+    return {s: (v, v / wall) for s in ORDER for v in [st.get(s, glue if s == ORDER[-1] else 0.0)]}
+
+
+def stage_table(title: str, profiles: dict[str, dict]) -> None:
+    """One table: a row per stage, a column per run (label → profile): seconds and share of wall."""
+    from common import table
+
+    print(f"stages, {title} (seconds, share of wall time; threads can make shares add up to > 100 %):")
+    cells = {label: stage_rows(p) for label, p in profiles.items()}
+    rows = [{"stage": s, **{label: f"{c[s][0]:6.2f} s {100 * c[s][1]:3.0f} %" for label, c in cells.items()}}
+            for s in ORDER if any(c[s][0] >= 0.005 for c in cells.values())]
+    rows.append({"stage": "wall", **{label: f"{p['wall']:6.2f} s 100 %" for label, p in profiles.items()}})
+    table(rows)
+
+
+@contextmanager
+def previous(commit: str | None) -> Iterator[str | None]:
+    """A detached ``git worktree`` of ``commit`` in a temporary folder; yields its ``src`` (for
+    PYTHONPATH, with this checkout's virtual environment), or None without a commit."""
+    if not commit:
+        yield None
+        return
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / f"birdsep-{commit}"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
+        try:
+            yield str(tree / "src")
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
