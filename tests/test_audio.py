@@ -139,3 +139,30 @@ def test_amount_reads_in_the_unit_of_the_total():
     assert audio.amount(90.0, 720.0) == "1.5/12.0 min"
     assert audio.amount(900.0, 5400.0) == "0.25/1.50 h"
     assert audio.amount(7200.0) == "2.00 h" and audio.amount(0.0) == "0.0 s"
+
+
+def test_ahead_yields_in_order_raises_the_threads_error_and_stops_when_left():
+    """audio.ahead: the same items in the same order, made in a thread at most depth ahead; the
+    thread's exception is raised in the caller as itself; a caller that stops early stops it."""
+    import threading
+
+    made = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise audio.AudioError("x.flac", "cannot decode audio (a broken frame)")
+            made.append(i)
+            yield np.full(3, i)
+
+    assert [int(x[0]) for x in audio.ahead(items(7))] == list(range(7))
+    got = []
+    with pytest.raises(audio.AudioError, match="broken frame"):
+        for x in audio.ahead(items(7, fail_at=4)):
+            got.append(int(x[0]))
+    assert got == [0, 1, 2, 3]
+    made.clear()
+    stream = audio.ahead(items(1000), depth=2)
+    assert int(next(stream)[0]) == 0
+    stream.close()  # the caller stops: the thread ends without making the rest
+    assert len(made) <= 5 and not any(t.name == "birdsep-ahead" for t in threading.enumerate())

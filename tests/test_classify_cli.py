@@ -80,6 +80,44 @@ def test_score_file_reads_tracks_written_by_separate(tmp_path):
     assert np.all(sep[:, 1] == 0) and np.all(fs.levels[:, 1] == -120) and np.all(fs.levels[:, 0] == 0)
 
 
+def test_pieces_prepared_ahead_score_every_window_as_alone(tmp_path, monkeypatch):
+    """The next piece is read and separated in a thread while the classifier scores the current
+    one: every window's scores are still the classifier's on that window's own samples (mix and
+    each track as the rule hears it), in order, with progress rising to 1; a file that fails to
+    decode in a later piece raises that file's AudioError, not a thread's traceback."""
+    from birdsep import detect
+    from birdsep.errors import AudioError
+
+    monkeypatch.setattr(detect, "PIECE_SECONDS", 3.0)  # 3 windows a piece: 5 pieces
+    sr = _Loudness.sample_rate
+    x = (np.random.default_rng(0).standard_normal(sr * 14) * np.linspace(0.01, 1, sr * 14)).astype(np.float32)
+    audio.write(tmp_path / "mix.wav", x, sr)
+    gains = np.array([[0.25], [0.75]], np.float32)  # (M, 1): a stand-in separator's two tracks
+
+    def tracks_for(piece, sr_in, t0, t1):
+        return gains * piece[None]
+
+    inp = DENOISED  # one row: the mix without its loudest track (0.25 of it)
+    seen = []
+    fs = detect.score_file(tmp_path / "mix.wav", _Loudness(), tracks_for, window=1.0, inputs=(RAW, inp),
+                           progress=seen.append)
+    assert len(fs.spans) == 14 and seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == 5
+    clf = _Loudness()
+    for i, (s, e) in enumerate(fs.spans):
+        w = audio.load(tmp_path / "mix.wav", start=s, duration=e - s)[0]  # what the window holds
+        assert fs.mix[i, 0] == clf.predict(w[None])[0, 0]
+        np.testing.assert_array_equal(fs.tracks[RAW][i, :, 0], clf.predict(gains * w[None])[:, 0])
+        np.testing.assert_array_equal(fs.tracks[inp][i, 0], clf.predict(inp.apply(gains * w[None], w))[0])
+
+    def failing(t0, t1):
+        if t0 >= 6:
+            raise AudioError(tmp_path / "mix.wav", "cannot decode audio (a broken frame)")
+        return x[int(t0 * sr) : int(t1 * sr)]
+
+    with pytest.raises(AudioError, match="broken frame"):
+        detect._score(failing, sr, 14.0, clf, tracks_for, 1.0, 0.0, True, (RAW,))
+
+
 def test_species_list_matches_full_scientific_or_common_names(tmp_path):
     labels = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin", "Engine_Engine"]
     f = tmp_path / "species.txt"
@@ -192,6 +230,21 @@ def _excerpt(data_dir, tmp_path, rel, seconds, name):
 
 
 @pytest.mark.slow
+@need_birdnet
+def test_birdnet_interpreters_side_by_side_give_the_same_scores(data_dir):
+    """BirdNET(threads=2) shares the windows out to two interpreters running at once: every
+    window's scores are bit for bit those of one interpreter, for any count of windows."""
+    from birdsep.backends import BirdNET
+
+    x, _ = audio.load(data_dir / ROBIN, BirdNET.sample_rate)
+    n = 3 * BirdNET.sample_rate
+    w = sub_windows(np.tile(x, 2)[None], n)[0]  # (K, n)
+    one, two = BirdNET(threads=1), BirdNET(threads=2)
+    assert len(w) > 20
+    for k in (len(w), 17, 16, 1, 0):
+        np.testing.assert_array_equal(two.predict(w[:k]), one.predict(w[:k]))
+
+
 @need_birdnet
 def test_birdnet_hears_the_robin_in_every_mode(data_dir, tmp_path):
     clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")

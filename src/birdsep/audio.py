@@ -184,6 +184,54 @@ def blocks(path: str | os.PathLike, block_seconds: float = 10.0, *, start: float
         raise AudioError(path, f"cannot decode audio ({_short(exc)})") from None
 
 
+def ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """Yield what ``items`` yields, computed in a thread beside the caller up to ``depth`` items
+    ahead: while the caller works on one item (encoding it, classifying it) the next is made
+    (decoded, resampled, separated: NumPy, soxr, libsndfile, PyTorch and LiteRT let go of
+    Python's lock while they work). At most ``depth`` + 2 items are held at once: the caller's,
+    ``depth`` waiting, and the one being made. An exception in the thread is raised here, in the
+    caller, as the same exception; when the caller stops early (an error, Ctrl-C, ``close()``)
+    the thread stops after the item it is making."""
+    import queue
+    import threading
+
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the caller, which raises it
+            put((done, exc))
+
+    worker = threading.Thread(target=make, name="birdsep-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 @contextmanager
 def system_errors():
     """libsndfile's "System error" (a write the file system refused: full, read-only, no

@@ -189,9 +189,27 @@ def score_array(x: np.ndarray, sample_rate: int, classifier, tracks_for: TracksF
     return _score(read, sample_rate, len(x) / sample_rate, classifier, tracks_for, window, overlap, mix, inputs)
 
 
+@dataclass
+class _Piece:
+    """One piece of a recording, ready for the classifier: its windows' spans, each window's
+    sub-windows of every stream (R, K, n) flattened into ``windows`` (Σ R·K, n), and the tracks'
+    levels per window (P, M) (None without tracks)."""
+
+    first: int  # index of its first window in the recording
+    spans: list[tuple[float, float]]
+    shapes: list[tuple[int, int]]  # (R, K) per window
+    windows: np.ndarray
+    levels: np.ndarray | None
+    sources: int
+
+
 def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor | None, window: float,
            overlap: float, mix: bool, inputs: tuple[TrackInput, ...], progress=None) -> FileScores:
-    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; the rest as :func:`score_file`."""
+    """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; the rest as :func:`score_file`.
+
+    While the classifier scores one piece, the next is read, resampled and separated in a thread
+    beside it (:func:`audio.ahead`): at most three pieces are held (one scored, one ready, one
+    being made), so memory stays flat, and the scores are those of one piece after another."""
     sr_cls = classifier.sample_rate
     n_cls = int(round(classifier.window_seconds * sr_cls))
     spans = window_spans(duration, window, overlap)
@@ -199,14 +217,13 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
     per_piece = max(1, int(PIECE_SECONDS // hop))
     n_lab = len(classifier.labels)
     inputs = tuple(inputs) if tracks_for is not None else ()
-    mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
-    track_out: dict[TrackInput, np.ndarray] = {}
-    levels = None
-    for p0 in range(0, len(spans), per_piece):
+
+    def prepare(p0: int) -> _Piece:
         piece = spans[p0 : p0 + per_piece]
         t0, t1 = piece[0][0], piece[-1][1]
         x = read(t0, t1)  # (T,) native rate
         x_cls = audio.resample(x, sr_in, sr_cls)
+        src = None
         if inputs:
             src = tracks_for(x, sr_in, t0, t1)  # (M, T'')
             length = min(len(x_cls), src.shape[1])
@@ -219,28 +236,35 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
             return np.concatenate(rows + [inp.apply(src[:, a:b], x_cls[a:b]) for inp in inputs])
 
         wins = [sub_windows(streams(a, b), n_cls) for a, b in bounds]  # per window (R, K, n); K varies
-        flat = classifier.predict(np.concatenate([w.reshape(-1, n_cls) for w in wins]))  # (Σ R·K, L)
-        scores, i = [], 0
-        for w in wins:
-            r, k = w.shape[:2]
-            scores.append(flat[i : i + r * k].reshape(r, k, n_lab).max(axis=1))
-            i += r * k
+        levels = np.stack([track_levels(src[:, a:b]) for a, b in bounds]) if inputs else None  # (P, M)
+        return _Piece(p0, piece, [w.shape[:2] for w in wins], np.concatenate([w.reshape(-1, n_cls) for w in wins]),
+                      levels, 0 if src is None else src.shape[0])
+
+    mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
+    track_out: dict[TrackInput, np.ndarray] = {}
+    levels = None
+    for p in audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece)):
+        flat = classifier.predict(p.windows)  # (Σ R·K, L)
+        scores, k0 = [], 0
+        for r, k in p.shapes:
+            scores.append(flat[k0 : k0 + r * k].reshape(r, k, n_lab).max(axis=1))
+            k0 += r * k
         scores = np.stack(scores)  # (P, R, L)
-        at = slice(p0, p0 + len(piece))
+        at = slice(p.first, p.first + len(p.spans))
         if mix:
             mix_out[at] = scores[:, 0]
         if inputs:
-            m = src.shape[0]
+            m = p.sources
             if levels is None:
                 levels = np.zeros((len(spans), m), np.float32)
                 track_out = {inp: np.zeros((len(spans), inp.rows(m), n_lab), np.float32) for inp in inputs}
-            levels[at] = np.stack([track_levels(src[:, a:b]) for a, b in bounds])
+            levels[at] = p.levels
             first = int(mix)
             for inp in inputs:
                 track_out[inp][at] = scores[:, first : first + inp.rows(m)]
                 first += inp.rows(m)
         if progress is not None:
-            progress(min(1.0, (p0 + len(piece)) / len(spans)))
+            progress(min(1.0, (p.first + len(p.spans)) / len(spans)))
     return FileScores(spans, mix_out, track_out, levels)
 
 
