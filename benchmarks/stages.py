@@ -190,20 +190,23 @@ def stage_table(title: str, profiles: dict[str, dict]) -> None:
 
 
 @contextmanager
-def previous(commit: str | None) -> Iterator[str | None]:
-    """A detached ``git worktree`` of ``commit`` in a temporary folder; yields its ``src`` (for
-    PYTHONPATH, with this checkout's virtual environment), or None without a commit."""
-    if not commit:
-        yield None
-        return
+def previous(commits: list[str]) -> Iterator[dict[str, str]]:
+    """Detached ``git worktree``s of ``commits`` in a temporary folder; yields commit → its
+    ``src`` (for PYTHONPATH, with this checkout's virtual environment)."""
     repo = Path(__file__).resolve().parents[1]
+    trees: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / f"birdsep-{commit}"
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
         try:
-            yield str(tree / "src")
+            for commit in commits:
+                tree = Path(tmp) / f"birdsep-{commit}"
+                subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), commit],
+                               check=True)
+                trees[commit] = str(tree / "src")
+            yield trees
         finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+            for src in trees.values():
+                subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(Path(src).parent)],
+                               check=False)
 
 
 def load_average() -> str:

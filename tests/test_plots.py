@@ -210,3 +210,26 @@ def test_the_legend_shows_the_levels_in_separation_json(tmp_path, monkeypatch):
     (folder / "separation.png").unlink()
     plot_folder(folder)
     assert (folder / "separation.png").is_file() and drawn[1]["legend"] == drawn[0]["legend"]
+
+
+def test_accumulator_columns_are_the_frames_summed_in_order_whatever_the_chunks():
+    """Columns of pool frames, summed frame after frame in float64 (checked here one frame at a
+    time), are the same to the last bit however the audio arrives in chunks."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 200_000)).astype(np.float32)
+    acc = SpectrogramAccumulator(16000, 2, x.shape[1], max_columns=300)
+    pos = 0
+    while pos < x.shape[1]:
+        n = int(rng.integers(1, 30_000))
+        acc.add(x[:, pos : pos + n])
+        pos += n
+    power, times, _ = acc.result()
+    hop, n_fft, pool = acc.hop, acc.n_fft, acc.pool
+    assert pool > 1 and power.shape == (2, n_fft // 2 + 1, len(times))
+    frames = (x.shape[1] - n_fft) // hop + 1
+    for col in (0, 7, power.shape[-1] - 1):
+        first = col * pool
+        want = np.zeros((2, n_fft // 2 + 1))
+        for f in range(first, min(first + pool, frames)):
+            want += np.abs(np.fft.rfft(x[:, f * hop : f * hop + n_fft] * acc.window, axis=-1)) ** 2
+        np.testing.assert_array_equal(power[..., col], want / min(pool, frames - first))

@@ -44,14 +44,34 @@ class SpectrogramAccumulator:
         if n:
             idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(n)[:, None]  # (n, n_fft)
             power = np.abs(np.fft.rfft(x[:, idx] * self.window, axis=-1)) ** 2  # (C, n, F)
-            for i in range(n):
-                self.partial += power[:, i]
-                self.partial_count += 1
-                if self.partial_count == self.pool:
-                    self.frames.append(self.partial / self.pool)
-                    self.partial = np.zeros_like(self.partial)
-                    self.partial_count = 0
+            self._pool_frames(power)
         self.carry = x[:, n * self.hop:]
+
+    def _pool_frames(self, power: np.ndarray) -> None:
+        """Add (C, n, F) frames to the running column, ``pool`` frames a column. Whole columns
+        are summed over their frames' positions (``pool`` vector additions, not one per frame),
+        adding the frames in the same order into float64 as one at a time would: the same
+        columns to the last bit."""
+        i = 0
+        if self.partial_count:  # finish the column begun in the chunk before
+            i = min(len(power[0]), self.pool - self.partial_count)
+            for k in range(i):
+                self.partial += power[:, k]
+            self.partial_count += i
+            if self.partial_count == self.pool:
+                self.frames.append(self.partial / self.pool)
+                self.partial, self.partial_count = np.zeros_like(self.partial), 0
+        whole = (power.shape[1] - i) // self.pool
+        if whole:
+            groups = power[:, i : i + whole * self.pool].reshape(power.shape[0], whole, self.pool, -1)
+            acc = np.zeros((power.shape[0], whole, power.shape[2]), np.float64)  # (C, columns, F)
+            for k in range(self.pool):
+                acc += groups[:, :, k]
+            self.frames.extend(np.moveaxis(acc / self.pool, 1, 0))  # columns (C, F)
+            i += whole * self.pool
+        for k in range(i, power.shape[1]):  # the start of the next column
+            self.partial += power[:, k]
+            self.partial_count += 1
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(power (C, F, N), times (N,) s, freqs (F,) Hz)."""
