@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdsep.classification.activity import detect_activity, detect_activity_files
+from birdsep.classification.activity import detect_activity
+from birdsep.clips import detect_activity_files
 from birdsep.cli import main
 
 SR = 16000

@@ -312,7 +312,7 @@ def _add_classify_clips(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
 
     def run(a):
-        from birdsep.classification.infer import classify_clips
+        from birdsep.clips import classify_clips
 
         if not a.classifier:
             raise UsageError("--classifier RUN_DIR is required")
@@ -330,7 +330,7 @@ def _add_detect_activity(sub) -> None:
     old_name(p, "--seconds", "--window", dest="window", type=number)
 
     def run(a):
-        from birdsep.classification.activity import detect_activity_files
+        from birdsep.clips import detect_activity_files
 
         s = detect_activity_files(a.files, window_seconds=a.window, max_windows=a.max_windows)
         return _printed_summary("detect-activity", s)

@@ -10,17 +10,11 @@ its loudest frame.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import TextIO
 
 import numpy as np
 from scipy.signal import find_peaks_cwt
 
-from birdsep import limits
-from birdsep.audio import MIN_SECONDS, load
-from birdsep.batch import BatchSummary, Done, run_batch
-from birdsep.errors import UsageError
 
 #: Detector settings, one source of truth for training and the CLI.
 WINDOW_SECONDS = 6.0
@@ -94,26 +88,3 @@ def detect_activity(
         if len(chosen) == max_windows:
             break
     return chosen
-
-
-def detect_activity_files(inputs: list[str | os.PathLike], *, window_seconds: float = WINDOW_SECONDS,
-                          max_windows: int = MAX_WINDOWS, stream: TextIO | None = None) -> BatchSummary:
-    """``birdsep detect-activity``: one tab-separated line per window (file, rank, start_s,
-    end_s, energy) on ``stream`` (stdout), through the batch runner: a file that cannot be read
-    gets one line on stderr and the others go on."""
-    if max_windows < 1:
-        raise UsageError("--max-windows must be at least 1")
-    limits.window(window_seconds, "--window")
-    return run_batch([str(i) for i in inputs], None, make_worker=_activity_worker,
-                     worker_args=(window_seconds, max_windows), progress=False,
-                     header="file\trank\tstart_s\tend_s\tenergy", stream=stream, prefix="birdsep detect-activity: ")
-
-
-def _activity_worker(window_seconds: float, max_windows: int):
-    def work(path, target, progress) -> Done:
-        x, sr = load(path, min_duration=MIN_SECONDS)
-        wins = detect_activity(x, sr, window_seconds, max_windows)
-        return Done(len(x) / sr, tuple(f"{path}\t{rank}\t{w.start:.2f}\t{w.end:.2f}\t{w.energy:.1f}"
-                                        for rank, w in enumerate(wins, 1)))
-
-    return work
