@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from birdsep import combination
 from birdsep.classification import embeddings as E
 from birdsep.classification import heads as H
 from birdsep.classification import model as M
@@ -198,16 +199,36 @@ def test_embedding_cache_hits_and_misses(tmp_path):
     assert (cache.hits, cache.misses) == (3, 2)
     E.embed_file(wav, emb, cache, separation=E.Separation(sep.model, "digest-b"), max_windows=2)
     assert (cache.hits, cache.misses, emb.calls) == (4, 3, 3)  # another separator: its tracks only
+    E.embed_file(wav, emb, cache, separation=sep, max_windows=2, track_input=combination.RAW)
+    assert (cache.hits, cache.misses) == (6, 3)  # the raw input is the default's entry
+    heard = E.embed_file(wav, emb, cache, separation=sep, max_windows=2, track_input=combination.DEFAULT.input)
+    assert (cache.hits, cache.misses, emb.calls) == (7, 4, 4)  # tracks heard otherwise: their own entry
+    assert not np.array_equal(heard.tracks, first.tracks) and np.array_equal(heard.mix, first.mix)
     E.embed_file(wav, emb, cache, max_windows=1)  # another window setting
-    assert cache.misses == 4
+    assert cache.misses == 5
     _song(wav, seed=1)  # the same name, other content
     E.embed_file(wav, emb, cache, max_windows=2)
-    assert cache.misses == 5
+    assert cache.misses == 6
     # A damaged entry is made again.
     for f in (tmp_path / "cache").rglob("*.npz"):
         f.write_bytes(b"not a zip")
     E.embed_file(wav, emb, cache, max_windows=2)
-    assert cache.misses == 6
+    assert cache.misses == 7
+
+
+def test_track_inputs_are_what_the_classifier_hears():
+    rng = np.random.default_rng(0)
+    tracks, windows = rng.normal(size=(3, 4, 100)).astype(np.float32), rng.normal(size=(3, 100)).astype(np.float32)
+    assert E.track_inputs(None, tracks, windows) is tracks
+    heard = E.track_inputs(combination.DEFAULT.input, tracks, windows)  # (K, M, T)
+    for k in range(3):
+        assert np.allclose(heard[k], combination.DEFAULT.input.apply(tracks[k], windows[k]))
+    # the mixture 15 dB under each track's own level
+    rms = lambda a: np.sqrt(np.mean(np.square(a.astype(np.float64))))  # noqa: E731
+    extra = heard[1, 2] - tracks[1, 2]
+    assert rms(extra) == pytest.approx(rms(tracks[1, 2]) * 10 ** (-15 / 20), rel=1e-5)
+    with pytest.raises(ValueError):
+        E.track_inputs(combination.DENOISED, tracks, windows)
 
 
 def test_digital_silence_has_no_usable_window(tmp_path):

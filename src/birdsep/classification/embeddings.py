@@ -14,10 +14,13 @@ of one recording, M separated tracks.
 - :func:`embed_file`: the paper's activity windows (§2.1, :mod:`birdsep.classification.activity`)
   with BirdNET's 3 s, up to ``max_windows`` per recording; the mix of each and, with a
   separator, each of its M tracks (the window separated on its own at the separator's rate,
-  resampled back to 48 kHz), embedded.
+  resampled back to 48 kHz), embedded; ``track_input`` (a
+  :class:`birdsep.combination.TrackInput`) makes each track what the classifier hears at
+  classification (``classify --mode mix+separated`` hears the mixture 15 dB under each track),
+  so that heads are trained on the tracks as they will be scored.
 - :class:`EmbeddingCache`: ``.npz`` files keyed by the sha256 of the file's bytes, the
   embedding model's digest, the window settings and (tracks only) the separator's weights
-  digest; the mix and the tracks are separate entries, so a run without tracks reuses the mix
+  digest and the track input); the mix and the tracks are separate entries, so a run without tracks reuses the mix
   embeddings of one with tracks. A damaged entry is recomputed.
 """
 from __future__ import annotations
@@ -25,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from birdsep import audio, files
+from birdsep import audio, combination, files
 from birdsep.classification import activity
 from birdsep.errors import UsageError
 
@@ -235,16 +238,29 @@ def separate_windows(separation: Separation, windows: np.ndarray) -> np.ndarray:
     return out
 
 
+def track_inputs(track_input, tracks: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(K, M, T) tracks and their (K, T) windows → (K, M, T) what the classifier hears for each
+    track (``track_input``: a :class:`birdsep.combination.TrackInput`; None: the tracks as they are)."""
+    if track_input is None or track_input == combination.RAW:
+        return tracks
+    if track_input.denoise:
+        raise ValueError("a denoised input is one per window, not one per track")
+    return np.stack([track_input.apply(t, w) for t, w in zip(tracks, windows)]) if len(tracks) else tracks
+
+
 def embed_file(path: str | os.PathLike, embedder: BirdNETEmbedder, cache: EmbeddingCache, *,
-               separation: Separation | None = None, max_windows: int = activity.MAX_WINDOWS) -> FileEmbeddings:
-    """Embeddings of a recording's activity windows (mix, and tracks with ``separation``),
-    from the cache when it has them. Raises AudioError for a file that cannot be used."""
+               separation: Separation | None = None, max_windows: int = activity.MAX_WINDOWS,
+               track_input=None) -> FileEmbeddings:
+    """Embeddings of a recording's activity windows (mix, and tracks with ``separation``, heard
+    as ``track_input`` says: :func:`track_inputs`), from the cache when it has them. Raises
+    AudioError for a file that cannot be used."""
     sha = file_sha256(path)
     common = dict(version=CACHE_VERSION, file=sha, embedder=embedder.digest, window=WINDOW_SECONDS,
                   max_windows=max_windows, rate=SAMPLE_RATE,
                   detector=[activity.ENERGY_RATE, list(activity.PEAK_WIDTHS_S)], silence=SILENCE_PEAK)
     mix_key = cache.key(kind="mix", **common)
-    tracks_key = cache.key(kind="tracks", separator=separation.digest, **common) if separation else None
+    heard = {} if track_input is None or track_input == combination.RAW else {"input": asdict(track_input)}
+    tracks_key = cache.key(kind="tracks", separator=separation.digest, **heard, **common) if separation else None
     mix = cache.get(mix_key)
     tracks = cache.get(tracks_key) if tracks_key else None
     if mix is None or (tracks_key and tracks is None):
@@ -257,7 +273,7 @@ def embed_file(path: str | os.PathLike, embedder: BirdNETEmbedder, cache: Embedd
         if tracks_key and tracks is None:
             m = separation.model.config.num_sources
             if len(windows):
-                sep = separate_windows(separation, windows)  # (K, M, T)
+                sep = track_inputs(track_input, separate_windows(separation, windows), windows)  # (K, M, T)
                 emb = embedder.embed(sep.reshape(-1, sep.shape[-1])).reshape(len(windows), m, EMBEDDING_DIM)
             else:
                 emb = np.zeros((0, m, EMBEDDING_DIM), np.float32)
