@@ -69,6 +69,14 @@ def rules() -> list:
     for wd in (0.25, 0.5, 1.0):
         out.append(Rule(f"gain: denoised ×{wd:g}", input=T2.RAW, pool="gain", track_weight=0.0, denoised=wd,
                         denoise_input=DENOISED_STEADY))
+    # gated gains: only what a track says above max(the mix, a confidence gate) raises the mix
+    for name, inp in (("tracks", T2.RAW), ("tracks + mix 15 dB under", T2.MIX_UNDER)):
+        for gate in (0.1, 0.3, 0.5):
+            for w in (0.5, 0.75, 1.0):
+                for wd in (0.0, 0.5, 1.0):
+                    label = f"gated gain ≥ {gate:g}: {name} ×{w:g}" + (f" + denoised ×{wd:g}" if wd else "")
+                    out.append(Rule(label, input=inp, pool="gain", track_weight=w, denoised=wd, gate=gate,
+                                    denoise_input=DENOISED_STEADY))
     # the weighted mean floored at the mix's logit (pool="floor")
     for name, inp in (("tracks", T2.RAW), ("tracks + mix 15 dB under", T2.MIX_UNDER)):
         for w, wd in ((1 / 4, 1 / 3), (1 / 4, 1 / 2), (1 / 3, 1 / 3), (1 / 4, 1 / 4), (1 / 2, 0.0), (1 / 3, 0.0),

@@ -206,3 +206,28 @@ def test_gain_never_lowers_the_mix_and_raises_where_a_track_hears_the_bird():
         assert (combine(r, "mix+separated", m, t, np.zeros((50, 4)), d)[0] >= m - 1e-6).all()
     with pytest.raises(ValueError):
         Rule("g", pool="gain", track_weight=1.5)
+
+
+def test_gated_gain_counts_a_track_only_above_the_gate():
+    """Known answers for gate g: ℓ = ℓ_mix + w·max(0, ℓ_track − max(ℓ_mix, logit g))."""
+    mix = np.array([[0.30, 0.02, 0.02, 0.60]])
+    tracks = np.array([[[0.50, 0.08, 0.40, 0.10],   # species 0: above the mix (≥ 0.1): the max
+                        [0.10, 0.01, 0.01, 0.01],   # species 1: the track's 0.08 is under the gate: no change
+                        [0.01, 0.01, 0.01, 0.01]]])  # species 2: 0.40 over a mix of 0.02: raised by its excess over 0.1
+    rule = Rule("gated", pool="gain", track_weight=1.0, gate=0.1)
+    s, c = combine(rule, "mix+separated", mix, tracks, LEVELS)
+    assert s[0, 0] == pytest.approx(0.50, abs=1e-6) and c[0, 0] == 1
+    assert s[0, 1] == pytest.approx(0.02, abs=1e-6) and c[0, 1] == 0
+    want = logit(0.02) + logit(0.40) - logit(0.1)
+    assert s[0, 2] == pytest.approx(sigmoid(want), abs=1e-6) and c[0, 2] == 1
+    assert s[0, 3] == pytest.approx(0.60, abs=1e-6)  # a track that misses a species leaves the mix's score
+    rng = np.random.default_rng(2)  # random scores: never below the mix; at w = 1 never above the max
+    m, t = rng.random((50, 7)), rng.random((50, 4, 7))
+    for r in (rule, DEFAULT):
+        got = combine(r, "mix+separated", m, t, np.zeros((50, 4)))[0]
+        assert (got >= m - 1e-6).all() and (got <= np.maximum(m, t.max(1)) + 1e-6).all()
+    assert DEFAULT.gate == 0.1 and DEFAULT.pool == "gain"
+    with pytest.raises(ValueError, match="gate"):
+        Rule("g", pool="max", gate=0.1)
+    with pytest.raises(ValueError, match="gate"):
+        Rule("g", pool="gain", gate=1.5)
