@@ -1,52 +1,67 @@
-"""Do heads trained on the mix and its separated tracks (multiple-instance learning) beat heads
-trained on the mix alone, and BirdNET-Analyzer's recipe, on BirdNET embeddings of held-out
-recordings?
+"""Do heads trained on the mix and its separated tracks beat heads trained on the mix alone, and
+BirdNET-Analyzer's recipe, on BirdNET embeddings of held-out recordings? Which use of the tracks
+(multiple-instance pooling, the mix kept as a labelled instance, tracks as negatives, tracks as
+plain copies; scored on the mix, the paper's max or the ``gain`` rule) is chosen on validation?
 
-Data: every species of ``xc/`` with at least two recordings; the highest-numbered recording of
-each is held out, the others train (the protocol of ``classifier_xc.py``). ``xc_extra/``
-recordings of those species are held out too; ``--distractors N`` adds N ``xc_extra``
-recordings of other species to the held-out set as windows of no target species (a classifier
-that fires on them loses precision). ``--noise`` folders give all-negative bags for every method.
+Data: every species with at least two recordings in ``xc/`` and ``xc_extra/`` together (its
+recordings in that order); distractors: recordings of the other species of both folders
+(``--distractors`` of them, drawn with a fixed seed), never trained on: a classifier that fires
+on them loses precision. ``--noise`` folders give all-negative bags for every method.
+
+Protocol (nested cross-validation by recording; nothing is chosen on a test recording):
+
+- outer folds: the j-th recording of each species is held out in fold j mod ``--folds`` (its
+  species' other recordings train), and distractor d in fold d mod ``--folds``; every recording
+  is held out exactly once and the held-out scores of all folds are pooled;
+- inner folds, inside each outer fold's training recordings: a species with at least two of
+  them has its j-th training recording in validation fold j mod 2 (the others train; a species
+  with one training recording always trains), with the other outer folds' distractors as
+  validation distractors. Each variant's validation window cmAP (the pooled scores of both
+  inner folds) picks, per outer fold, the variant that is then trained on all of that fold's
+  training recordings and scored on its held-out ones (``selected``).
 
 Units: the paper's activity windows (up to ``--max-windows`` per recording, 3 s, BirdNET's
-input), embedded on the mix and on the shipped separator's M tracks, from birdsep's embedding
-cache (the first run computes them; later runs take seconds).
+input), embedded on the mix and on the shipped separator's M tracks (as they are, ``raw``, and
+as ``classify --mode mix+separated`` hears them, the mixture 15 dB under each track, ``heard``),
+from birdsep's embedding cache (the first run computes them; later runs take seconds).
 
-Methods (same embeddings, same training windows):
+Variants (same embeddings, same training windows; the paper's heads: species, genus, family,
+order, bird; label smoothing 0.1; taxonomy losses × 0.1):
 
-- ``mix``: the paper's taxonomic heads (species, genus, family, order, bird; label smoothing
-  0.1; taxonomy losses × 0.1) trained on the mix embeddings, scored on the mix;
-- ``mix, max over tracks``: the same heads scored with the paper's §2.5 rule (max over the mix
-  and every track);
-- ``mil``: the heads trained with multiple-instance learning over {mix, tracks}, scored on the mix;
-- ``mil, max over tracks``: the same, scored with the max rule;
-- ``analyzer``: BirdNET-Analyzer's custom-classifier recipe on the mix embeddings: one hidden
-  layer (1024 ReLU units), species head only, plain BCE, no label smoothing, no dropout, batch
-  32, learning rate 0.001 with cosine decay, 50 epochs (its documented defaults besides the
-  hidden layer);
-- ``birdnet``: BirdNET V2.4's own logits (its dense layer on the same embedding), for the
-  species it knows (the others score 0).
+- training: ``mix`` (the mix alone), or the mix and its tracks with a :class:`MilSpec`: ``max``
+  (multiple-instance, the best instance), ``lse r=5`` (log-mean-exp), ``noisy-or``, ``each``
+  (every track labelled like the mix), ``mix-anchored 0.5 + max|lse`` (the mix always labelled,
+  half the weight; the pooled bag the other half), ``tracks as negatives`` (the mix labelled,
+  the tracks only negatives for the species absent from the recording);
+- scoring: ``mix`` (the heads on the mix), ``max`` (paper §2.5, max over mix and tracks) or
+  ``gain`` (birdsep's default ``mix+separated`` rule: the mix's logit raised by ¼ of what the
+  best track says above it), through :func:`birdsep.combination.combine`;
+- ``analyzer``: BirdNET-Analyzer's custom-classifier recipe on the mix: one hidden layer (1024
+  ReLU units), species head only, plain BCE, batch 32, learning rate 0.001 with cosine decay,
+  50 epochs (its documented defaults besides the hidden layer);
+- ``birdnet``: BirdNET V2.4's own logits (its dense layer on the same embedding), for the species
+  it knows (the others score 0).
 
-Reported per method: window cmAP (species with ≥ ``--min-positives`` positive windows),
-lwlrap, clip top-1 and clip cmAP (a held-out recording's score for a species is its highest
-window score), with 95 % bootstrap intervals over held-out recordings; then the paired
-difference ``mil`` − ``mix`` (and with the max rule) with its interval.
+Reported: each variant's validation window cmAP (mean over outer folds) and held-out window cmAP;
+then per method the held-out window cmAP, lwlrap, clip top-1 and clip cmAP (a recording's score
+for a species is its highest window's), with 95 % bootstrap intervals over held-out recordings,
+and the paired differences ``selected`` − ``mix`` and against ``analyzer``.
 
-    python benchmarks/embedding_heads.py --noise ../shared/data/noise --steps 2000
-    python benchmarks/embedding_heads.py --species 3 --max-windows 1 --steps 100 --reps 100   # smoke run
+    python benchmarks/embedding_heads.py --noise ../shared/data/noise
+    python benchmarks/embedding_heads.py --species 4 --distractors 6 --max-windows 1 --steps 100 --reps 100 \\
+        --inputs raw   # smoke run
 
-Results (``results/embedding_heads.txt``, the first command above, 21 species, 36 training
-recordings): window cmAP mix 0.846, mil 0.802 (mil − mix −0.043 [−0.097, +0.011]), BirdNET-Analyzer's
-recipe 0.836, BirdNET itself 0.979 on the species it knows: on clean Xeno-canto recordings the tracks
-do not help the heads yet.
+Results: ``results/embedding_heads.txt``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +70,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from birdsep import metrics  # noqa: E402
+from birdsep import combination, metrics  # noqa: E402
 from birdsep.classification import embeddings as E  # noqa: E402
 from birdsep.classification import heads as H  # noqa: E402
 from birdsep.classification.data import LabelledRecording  # noqa: E402
@@ -65,6 +80,11 @@ from birdsep.files import find_audio  # noqa: E402
 from birdsep.taxonomy import Taxonomy, normalise  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
+#: What the classifier hears for each track: as separated, or as ``classify --mode mix+separated`` does.
+INPUTS = {"raw": None, "heard": combination.DEFAULT.input}
+SPECS = (H.MilSpec("max"), H.MilSpec("lse", r=5.0), H.MilSpec("noisy-or"), H.MilSpec("each"),
+         H.MilSpec("max", anchor=0.5), H.MilSpec("lse", r=5.0, anchor=0.5), H.MilSpec("max", anchor=1.0))
+RULES = {"max": combination.PAPER, "gain": combination.DEFAULT}
 
 
 def analyzer_loss(logits, targets, masks):
@@ -75,41 +95,74 @@ def analyzer_loss(logits, targets, masks):
     return loss, {"species": loss}
 
 
-def recordings(data: Path, n_species: int | None, n_distractors: int):
-    """(train, held-out) LabelledRecordings; held-out distractors have primary ''."""
-    xc = data / "xc"
-    species = sorted(p.name for p in xc.iterdir() if p.is_dir() and len(list(p.glob("*.mp3"))) >= 2)
-    species = species[:n_species] if n_species else species
-    train, held = [], []
-    for s in species:
-        files = sorted((xc / s).glob("*.mp3"))
-        train += [LabelledRecording(f, s) for f in files[:-1]]
-        held.append(LabelledRecording(files[-1], s))
-    extra = data / "xc_extra"
-    others = []
-    for sub in sorted(p for p in extra.iterdir() if p.is_dir()):
-        for f, _ in find_audio([sub]):
-            (held.append(LabelledRecording(f, sub.name)) if sub.name in species else others.append(f))
-    rng = np.random.default_rng(0)
-    for i in rng.permutation(len(others))[:n_distractors]:
-        held.append(LabelledRecording(others[i], ""))
-    return species, train, held
+@dataclass(frozen=True)
+class Variant:
+    """How heads are trained (``spec`` None: the mix alone; ``hidden``: BirdNET-Analyzer's
+    recipe) and scored (``rule``: mix, max or gain; ``inputs``: which track embeddings)."""
+
+    train: str
+    rule: str = "mix"
+    spec: H.MilSpec | None = None
+    inputs: str = "raw"
+
+    @property
+    def name(self) -> str:
+        if self.rule == "mix":
+            return self.train
+        return f"{self.train}; scored {self.rule}" + (f" on {self.inputs} tracks" if self.spec is None else "")
 
 
-def embed(recs, embedder, cache, separation, max_windows):
-    out = []
-    for r in recs:
-        try:
-            fe = E.embed_file(r.path, embedder, cache, separation=separation, max_windows=max_windows)
-        except AudioError as exc:
-            print(f"skipped {exc}", file=sys.stderr)
-            continue
-        if len(fe):
-            out.append((r, fe))
+def variants(inputs: list[str]) -> list[Variant]:
+    out = [Variant("mix")] + [Variant("mix", r, inputs=i) for i in inputs for r in RULES]
+    for i in inputs:
+        for spec in SPECS:
+            out += [Variant(f"{i} tracks, {spec.name}", r, spec, i) for r in ("mix", *RULES)]
     return out
 
 
-def birdnet_columns(species: list[str], embedder: E.BirdNETEmbedder) -> list[int | None]:
+# ---------------------------------------------------------------------------------------- data
+
+
+def recordings(data: Path, n_species: int | None, n_distractors: int):
+    """(species, {species: [recordings]}, distractor recordings (primary ''))."""
+    by: dict[str, list[Path]] = {}
+    for folder in ("xc", "xc_extra"):
+        for sub in sorted(p for p in (data / folder).iterdir() if p.is_dir()):
+            by.setdefault(sub.name, []).extend(f for f, _ in find_audio([sub]))
+    species = sorted(s for s, fs in by.items() if len(fs) >= 2)
+    species = species[:n_species] if n_species else species
+    others = sorted(f for s, fs in by.items() if s not in species for f in fs)
+    pick = np.random.default_rng(0).permutation(len(others))[:n_distractors]
+    return (species, {s: [LabelledRecording(f, s) for f in by[s]] for s in species},
+            [LabelledRecording(others[i], "") for i in sorted(pick)])
+
+
+def split(recs: dict[str, list], folds: int, fold: int) -> tuple[list, list]:
+    """(train, held) of one fold: the j-th recording of a species is held out in fold j mod folds;
+    a species keeps every recording for training where it has only one."""
+    train, held = [], []
+    for rs in recs.values():
+        for j, r in enumerate(rs):
+            (held if len(rs) > 1 and j % folds == fold else train).append(r)
+    return train, held
+
+
+def embed_all(recs, embedder, cache, separation, max_windows, inputs) -> dict:
+    """{recording path: {input: FileEmbeddings}} for every usable recording."""
+    out = {}
+    for r in recs:
+        try:
+            fes = {i: E.embed_file(r.path, embedder, cache, separation=separation, max_windows=max_windows,
+                                   track_input=INPUTS[i]) for i in inputs}
+        except AudioError as exc:
+            print(f"skipped {exc}", file=sys.stderr)
+            continue
+        if len(next(iter(fes.values()))):
+            out[r.path] = fes
+    return out
+
+
+def birdnet_columns(species: list[str]) -> list[int | None]:
     """Index of each species in BirdNET's labels (by scientific or common name), or None."""
     from birdsep.backends import birdnet_files
     from birdsep.taxonomy import split_label
@@ -130,17 +183,108 @@ def birdnet_columns(species: list[str], embedder: E.BirdNETEmbedder) -> list[int
     return cols
 
 
+# ---------------------------------------------------------------------------------------- one fold
+
+
+class Trainer:
+    """Fits (and remembers) the heads of every training variant on one training set."""
+
+    def __init__(self, a, species, noise, tax):
+        self.a, self.species, self.noise, self.tax = a, species, noise, tax
+        self.seconds: dict[str, float] = {}
+
+    def fit(self, train, emb, v: Variant) -> H.Heads:
+        """``train`` recordings, ``emb`` their embeddings → heads of variant ``v``'s training."""
+        a = self.a
+        usable = [(r, emb[r.path][v.inputs]) for r in train if r.path in emb]
+        noise = [fe[v.inputs] for fe in self.noise]
+        tracks = v.spec is not None
+        bags, cfg = build_bags(usable, noise, self.species, self.tax, tracks=tracks, members=a.ensemble)
+        t = time.monotonic()
+        if v.train == "analyzer":
+            cfg = H.HeadsConfig(species=cfg.species, hidden=1024)
+            model = fit(cfg, bags, steps=50 * math.ceil(len(bags) / 32), batch_size=32, lr=1e-3, weight_decay=0.0,
+                        loss_fn=analyzer_loss, progress=False)
+        else:
+            model = fit(cfg, bags, steps=a.steps, batch_size=a.batch_size, lr=a.lr, progress=False,
+                        loss_fn=functools.partial(H.mil_loss, spec=v.spec or H.MIL_DEFAULT))
+        self.seconds[v.train] = self.seconds.get(v.train, 0.0) + time.monotonic() - t
+        return model
+
+
+def windows(held, emb, species, inputs):
+    """Held-out windows: {input: (W, I, D)}, truth (W, S), recording of each (W,)."""
+    held = [r for r in held if r.path in emb]
+    x = {i: np.concatenate([instances(emb[r.path][i], True) for r in held]) for i in inputs}
+    y = np.concatenate([np.tile([r.primary == s for s in species], (len(emb[r.path][inputs[0]]), 1))
+                        for r in held]).astype(int)
+    group = np.concatenate([[str(r.path)] * len(emb[r.path][inputs[0]]) for r in held])
+    return x, y, group
+
+
+def score(model: H.Heads, x: np.ndarray, rule: str) -> np.ndarray:
+    """x (W, I, D) mix + tracks → (W, S) species scores by ``rule`` (mix, or a combination rule)."""
+    with torch.no_grad():
+        z = model(torch.from_numpy(x))["species"].numpy()  # (W, I, S)
+    p = combination.sigmoid(z)
+    if rule == "mix":
+        return p[:, 0]
+    return combination.combine(RULES[rule], "mix+separated", p[:, 0], p[:, 1:], np.zeros(p.shape[:2])[:, 1:])[0]
+
+
+def run_fold(trainer: Trainer, vs: list[Variant], train, held, emb, inputs) -> dict[str, np.ndarray]:
+    """Every variant trained on ``train`` and scored on ``held``: {variant name: (W, S)}."""
+    x, _, _ = windows(held, emb, trainer.species, inputs)
+    models: dict[tuple, H.Heads] = {}
+    out = {}
+    for v in vs:
+        key = (v.train, v.spec, v.inputs if v.spec else "raw")
+        if key not in models:
+            models[key] = trainer.fit(train, emb, v)
+        out[v.name] = score(models[key], x[v.inputs], v.rule)
+    return out
+
+
+def diagnose(trainer: Trainer, train, held, emb, inputs) -> list[str]:
+    """Why plain MIL loses, on one fold: where the max puts a training bag's label, and what the
+    mix is taught. Lines of text."""
+    lines = []
+    for i in inputs:
+        usable = [(r, emb[r.path][i]) for r in train if r.path in emb]
+        bags, _ = build_bags(usable, [], trainer.species, trainer.tax, tracks=True)
+        xh, yh, _ = windows(held, emb, trainer.species, [i])
+        for v in (Variant("mix"), Variant(f"{i} tracks, max", spec=H.MilSpec("max"), inputs=i),
+                  Variant(f"{i} tracks, mix-anchored", spec=H.MilSpec("max", anchor=0.5), inputs=i)):
+            model = trainer.fit(train, emb, v)
+            with torch.no_grad():
+                z = model(bags.x)["species"].numpy()  # (B, I, S)
+                zh = model(torch.from_numpy(xh[i]))["species"].numpy()  # (W, I, S)
+            pos = bags.targets["species"].numpy() > 0  # (B, S)
+            top = z.argmax(axis=1)[pos]  # the instance the max scores for each positive entry
+            hp = yh > 0
+            lines.append(f"{v.name}: training positives, best instance the mix {np.mean(top == 0):.0%}, a track "
+                         f"{np.mean(top > 0):.0%}; mean logit of the labelled species on the mix {z[:, 0][pos].mean():+.2f}"
+                         f", on its best track {z[:, 1:].max(1)[pos].mean():+.2f}; held out: mix logit of the true "
+                         f"species {zh[:, 0][hp].mean():+.2f}, of the others {zh[:, 0][~hp].mean():+.2f}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
 def interval(values: np.ndarray) -> str:
     v = values[~np.isnan(values)]
-    return f"[{np.percentile(v, 2.5):.3f}, {np.percentile(v, 97.5):.3f}]" if len(v) else "[n/a]"
+    return f"[{np.percentile(v, 2.5):+.3f}, {np.percentile(v, 97.5):+.3f}]" if len(v) else "[n/a]"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--species", type=int, default=None, help="first N species only (smoke runs)")
-    p.add_argument("--distractors", type=int, default=40, help="held-out xc_extra recordings of other species")
+    p.add_argument("--distractors", type=int, default=60, help="held-out recordings of other species")
     p.add_argument("--noise", nargs="*", default=[], help="noise folders (all-negative bags)")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     p.add_argument("--max-windows", type=int, default=5)
     p.add_argument("--steps", type=int, default=2000, help="steps of the paper's heads (batch --batch-size)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -156,78 +300,119 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.monotonic()
 
-    species, train_recs, held_recs = recordings(a.data, a.species, a.distractors)
+    species, recs, distractors = recordings(a.data, a.species, a.distractors)
     embedder = E.BirdNETEmbedder(threads=a.threads)
     separation = E.Separation.load(a.separator)
     cache = E.EmbeddingCache(a.cache or E.default_cache_dir())
-    train = embed(train_recs, embedder, cache, separation, a.max_windows)
-    held = embed(held_recs, embedder, cache, separation, a.max_windows)
-    noise = [fe for _, fe in embed([LabelledRecording(f, "") for f, _ in find_audio(a.noise)], embedder, cache,
-                                   separation, a.max_windows)] if a.noise else []
+    everything = [r for rs in recs.values() for r in rs] + distractors
+    emb = embed_all(everything, embedder, cache, separation, a.max_windows, a.inputs)
+    noise = list(embed_all([LabelledRecording(f, "") for f, _ in find_audio(a.noise)], embedder, cache,
+                           separation, a.max_windows, a.inputs).values()) if a.noise else []
     t_embed = time.monotonic() - t0
-    tax = Taxonomy.load()
+    trainer = Trainer(a, species, noise, Taxonomy.load())
+    vs = variants(a.inputs)
+    candidates = [v for v in vs if v.name != "mix"]  # "heads on mix + tracks": every use of the tracks
+    fixed = [Variant("mix"), Variant("analyzer")]
 
-    models, seconds = {}, {}
-    for name, tracks in (("mix", False), ("mil", True)):
-        bags, cfg = build_bags(train, noise, species, tax, tracks=tracks, members=a.ensemble)
-        t = time.monotonic()
-        models[name] = fit(cfg, bags, steps=a.steps, batch_size=a.batch_size, lr=a.lr, progress=False)
-        seconds[name] = time.monotonic() - t
-    bags, cfg = build_bags(train, noise, species, tax, tracks=False)
-    cfg = H.HeadsConfig(species=cfg.species, hidden=1024)
-    epochs_steps = 50 * math.ceil(len(bags) / 32)
-    t = time.monotonic()
-    models["analyzer"] = fit(cfg, bags, steps=epochs_steps, batch_size=32, lr=1e-3, weight_decay=0.0,
-                             loss_fn=analyzer_loss, progress=False)
-    seconds["analyzer"] = time.monotonic() - t
+    val_cmap = {v.name: [] for v in vs}
+    chosen, pooled, truth, groups = [], {}, [], []
+    for k in range(a.folds):
+        train, held = split(recs, a.folds, k)
+        held += [d for j, d in enumerate(distractors) if j % a.folds == k]
+        # Validation inside the training recordings: two inner folds, the other folds' distractors.
+        train_by = {s: [r for r in train if r.primary == s] for s in species}
+        val_scores, val_y = {v.name: [] for v in vs}, []
+        for f in range(2):
+            itrain, ival = split(train_by, 2, f)
+            ival += [d for j, d in enumerate(distractors) if j % a.folds != k]
+            if not any(r.primary for r in ival):
+                continue
+            for name, s in run_fold(trainer, vs, itrain, ival, emb, a.inputs).items():
+                val_scores[name].append(s)
+            val_y.append(windows(ival, emb, species, a.inputs)[1])
+        vy = np.concatenate(val_y)
+        for v in vs:
+            val_cmap[v.name].append(metrics.score_all(vy, np.concatenate(val_scores[v.name]), a.min_positives).cmap)
+        best = max(candidates, key=lambda v: val_cmap[v.name][-1])
+        chosen.append(best)
+        out = run_fold(trainer, vs + fixed[1:], train, held, emb, a.inputs)
+        out["selected"] = out[best.name]
+        _, y, g = windows(held, emb, species, a.inputs)
+        for name, s in out.items():
+            pooled.setdefault(name, []).append(s)
+        truth.append(y)
+        groups.append(g)
+        print(f"fold {k + 1}/{a.folds}: train {len(train)} recordings, held out {len(held)}; chosen on validation: "
+              f"{best.name} ({val_cmap[best.name][-1]:.3f}); {time.monotonic() - t0:.0f} s", file=sys.stderr)
 
-    # Held-out windows: (W, I, D) instances, (W, S) truth, (W,) recording of each.
-    x = np.concatenate([instances(fe, True) for _, fe in held])
-    y = np.concatenate([np.tile([r.primary == s for s in species], (len(fe), 1)) for r, fe in held]).astype(int)
-    group = np.concatenate([[str(r.path)] * len(fe) for r, fe in held])
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        z = {k: m(xt)["species"].numpy() for k, m in models.items()}  # (W, I, S)
-    scores = {"mix": z["mix"][:, 0], "mix, max over tracks": z["mix"].max(1), "mil": z["mil"][:, 0],
-              "mil, max over tracks": z["mil"].max(1), "analyzer": z["analyzer"][:, 0]}
-    cols = birdnet_columns(species, embedder)
-    bn = x[:, 0] @ embedder.weight.T + embedder.bias  # (W, 6522) BirdNET's own logits
-    scores[f"birdnet ({sum(c is not None for c in cols)}/{len(species)} species known)"] = np.stack(
-        [bn[:, c] if c is not None else np.full(len(x), -30.0) for c in cols], axis=1)
+    train, held = split(recs, a.folds, 0)
+    why = diagnose(trainer, train, held + [d for j, d in enumerate(distractors) if j % a.folds == 0], emb, a.inputs)
+    y = np.concatenate(truth)
+    group = np.concatenate(groups)
+    scores = {name: np.concatenate(s) for name, s in pooled.items()}
+    cols = birdnet_columns(species)
+    x_mix = np.concatenate([emb[Path(g_)][a.inputs[0]].mix for g_ in dict.fromkeys(group)])  # (W, D)
+    bn = x_mix @ embedder.weight.T + embedder.bias  # (W, 6522) BirdNET's own logits
+    bn_name = f"birdnet ({sum(c is not None for c in cols)}/{len(species)} species known)"
+    scores[bn_name] = np.stack([bn[:, c] if c is not None else np.full(len(bn), -30.0) for c in cols], axis=1)
 
-    # Clip level: a recording's score is its best window's.
-    clips = sorted(set(group))
+    n_train = sum(len(rs) for rs in recs.values())
+    print(f"{len(species)} species, {n_train} recordings of them ({sum(len(rs) > 2 for rs in recs.values())} with "
+          f"3 or more), {len(distractors)} distractor recordings; {a.folds} outer folds, every recording held out "
+          f"once: {len(set(group))} held-out recordings, {len(y)} windows ({int((~y.any(1)).sum())} of "
+          f"distractors); {sum(len(fe[a.inputs[0]]) for fe in noise)} noise windows in every training set")
+    print(f"embeddings {t_embed:.0f} s ({cache.hits} cached, {cache.misses} computed); training (all folds) "
+          + ", ".join(f"{k_} {v_:.0f} s" for k_, v_ in trainer.seconds.items() if k_ in ("mix", "analyzer")))
+    print()
+    print("Variants (window cmAP). Validation: inside each outer fold's training recordings, mean over folds; "
+          "held out: pooled outer folds (for the record; nothing was chosen on it).")
+    print()
+    print("| variant | validation | held out |")
+    print("|---|---|---|")
+    for v in vs:
+        ho = metrics.score_all(y, scores[v.name], a.min_positives).cmap
+        print(f"| {v.name} | {np.mean(val_cmap[v.name]):.3f} | {ho:.3f} |")
+    print()
+    print("chosen on validation, per outer fold: " + "; ".join(f"{k + 1}: {v.name}" for k, v in enumerate(chosen)))
+    print()
+    print("Where the labels go (outer fold 1, training bags; logits of the species head):")
+    print()
+    for line in why:
+        print(f"- {line}")
+    print()
+    report = ["mix", "selected", "analyzer", bn_name] + [v.name for v in dict.fromkeys(chosen)]
+    report = list(dict.fromkeys(report))
+    boot = metrics.bootstrap(y, {n: scores[n] for n in report}, group, reps=a.reps, min_positives=a.min_positives)
+    clips = list(dict.fromkeys(group))
     at = {c: np.flatnonzero(group == c) for c in clips}
     clip_y = np.stack([y[at[c][0]] for c in clips])
-    boot = metrics.bootstrap(y, scores, group, reps=a.reps, min_positives=a.min_positives)
+    labelled = clip_y.any(1)
     rows = []
-    for name, s in scores.items():
-        w = metrics.score_all(y, s, a.min_positives)
-        cs = np.stack([s[at[c]].max(0) for c in clips])
-        labelled = clip_y.any(1)
-        top1 = float((cs[labelled].argmax(1) == clip_y[labelled].argmax(1)).mean())
-        rows.append({"method": name, "window_cmap": w.cmap, "window_cmap_95": interval(boot[name][:, 0]),
-                     "lwlrap": w.lwlrap, "lwlrap_95": interval(boot[name][:, 1]), "clip_top1": top1,
-                     "clip_cmap": metrics.cmap(clip_y, cs, 1), "cmap_species": w.cmap_species})
-    print(f"{len(species)} species; train {len(train)} recordings ({sum(len(fe) for _, fe in train)} windows), "
-          f"held out {len(held)} recordings ({len(x)} windows, {int((~y.any(1)).sum())} of distractors), "
-          f"{sum(len(fe) for fe in noise)} noise windows; embeddings {t_embed:.0f} s "
-          f"({cache.hits} cached, {cache.misses} computed); training "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    print()
     print("| method | window cmAP [95 %] | lwlrap [95 %] | clip top-1 | clip cmAP |")
     print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['window_cmap']:.3f} {r['window_cmap_95']} | {r['lwlrap']:.3f} {r['lwlrap_95']} "
-              f"| {r['clip_top1']:.3f} | {r['clip_cmap']:.3f} |")
+    for name in report:
+        s = scores[name]
+        w = metrics.score_all(y, s, a.min_positives)
+        cs = np.stack([s[at[c]].max(0) for c in clips])
+        top1 = float((cs[labelled].argmax(1) == clip_y[labelled].argmax(1)).mean())
+        lo, hi = np.percentile(boot[name][:, 0], [2.5, 97.5])
+        llo, lhi = np.percentile(boot[name][:, 1], [2.5, 97.5])
+        rows.append({"method": name, "window_cmap": w.cmap, "lwlrap": w.lwlrap, "clip_top1": top1,
+                     "clip_cmap": metrics.cmap(clip_y, cs, 1), "cmap_species": w.cmap_species})
+        print(f"| {name} | {w.cmap:.3f} [{lo:.3f}, {hi:.3f}] | {w.lwlrap:.3f} [{llo:.3f}, {lhi:.3f}] | {top1:.3f} "
+              f"| {rows[-1]['clip_cmap']:.3f} |")
     print()
-    for a_, b_ in (("mil", "mix"), ("mil, max over tracks", "mix, max over tracks"), ("mil", "analyzer")):
+    diffs = {}
+    for a_, b_ in (("selected", "mix"), ("selected", "analyzer"), ("mix", "analyzer")):
         d = boot[a_][:, 0] - boot[b_][:, 0]
-        point = metrics.score_all(y, scores[a_], a.min_positives).cmap - metrics.score_all(y, scores[b_], a.min_positives).cmap
+        point = (metrics.score_all(y, scores[a_], a.min_positives).cmap
+                 - metrics.score_all(y, scores[b_], a.min_positives).cmap)
+        diffs[f"{a_} - {b_}"] = (point, interval(d))
         print(f"window cmAP, {a_} − {b_}: {point:+.3f} {interval(d)} (paired bootstrap over held-out recordings)")
     if a.json:
-        a.json.write_text(json.dumps({"rows": rows, "seconds": seconds, "args": {k: str(v) for k, v in vars(a).items()}},
-                                     indent=1))
+        a.json.write_text(json.dumps({"rows": rows, "validation": val_cmap, "chosen": [v.name for v in chosen],
+                                      "differences": diffs, "seconds": trainer.seconds,
+                                      "args": {k: str(v) for k, v in vars(a).items()}}, indent=1))
     return 0
 
 
