@@ -5,23 +5,35 @@ the checkpoint with birdsep and requires birdsep's outputs to match these to >= 
 
 Runs in a virtual environment of its own (birdsep's stays free of TensorFlow)::
 
-    python -m venv /tmp/tfref && /tmp/tfref/bin/pip install tensorflow-cpu==2.21.0 tf-keras attrs immutabledict soundfile
+    python -m venv /tmp/tfref
+    /tmp/tfref/bin/pip install tensorflow-cpu==2.21.0 tf-keras attrs immutabledict soundfile
     # the upstream code, unchanged, from a checkout of github.com/google-research/sound-separation:
     git clone https://github.com/google-research/sound-separation /tmp/sound-separation
+    cd /work/main  # (this checkout)
     /tmp/tfref/bin/python benchmarks/bird_mixit_reference.py --upstream /tmp/sound-separation \\
-        --preset small --out tests/fixtures/bird_mixit/small_m4
+        --preset small --out /tmp/bird_mixit_small_m4   # then copy model.ckpt-*, reference.* into
+                                                        # tests/fixtures/bird_mixit/small_m4
     /tmp/tfref/bin/python benchmarks/bird_mixit_reference.py --upstream /tmp/sound-separation \\
-        --preset full --sources 4 --out /tmp/bird_mixit_full_m4 --outputs-only tests/fixtures/bird_mixit/full_m4
+        --preset full --sources 4 --lengths 22057 --out /tmp/bird_mixit_full_m4 \\
+        --outputs-only tests/fixtures/bird_mixit/full_m4
+    /tmp/tfref/bin/python benchmarks/bird_mixit_reference.py --upstream /tmp/sound-separation \\
+        --preset full --sources 8 --step 2178900 --lengths 8821 --out /tmp/bird_mixit_full_m8 \\
+        --outputs-only tests/fixtures/bird_mixit/full_m8
+
+(a few minutes each on 2 cores; the full-size folders hold 110 MB checkpoints, not committed).
 
 The graph is ``separate_waveforms`` of ``models/neurips2020_mixit/model.py`` (the MixIT model
-code; the tensor names match the published ``inference.meta``: ``conv_encoder``,
-``initial_dense``, ``improved_tdcn/conv_block_k/tdcn_block/...``, ``denoised_waveforms``) with
+code; the node names other projects quote from the published graph, ``conv_encoder/dense/Relu``,
+``initial_dense/dense/BiasAdd``, ``improved_tdcn/conv_block_31/tdcn_block/dense2/dense_scale/mul``,
+``.../normact1/instance_norm/batchnorm/mul``, are this code's) with
 
 * ``sr`` 22050, ``ws`` 1 ms, ``hs`` 0.5 ms (a 22-sample window, 11-sample hop), 256 coefficients;
 * ``network_config.improved_tdcn`` with ``add_skip_residual_connections=True``: the published
   checkpoints hold six 256x256 ``res_dense_j_to_k`` layers (their data files are exactly
   3 x (8,793,601 + 394,758) float32 + 16 bytes for M = 4: variables, Adam's two slots,
-  ``global_step`` and Adam's two powers; without the skip connections 4.7 MB would be unaccounted);
+  ``global_step`` and Adam's two powers; without the skip connections 4.7 MB would be
+  unaccounted). The checkpoints this script writes at full size are byte for byte as large as
+  the published data files: 110,260,324 (M = 4) and 113,406,052 (M = 8);
 * mixture consistency with ``mix_weights_type='magsq'``: the published checkpoints have no
   ``mix_weights`` variables (the M = 8 data file is larger than the M = 4 one by exactly three
   copies of the wider mask layer), which leaves ``uniform`` and ``magsq``, and the upstream code's

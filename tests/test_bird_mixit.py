@@ -271,7 +271,8 @@ def test_models_import_converts_the_fixture_end_to_end(tmp_path, monkeypatch, ca
     for pin in real.checkpoint:
         shutil.copyfile(SMALL / pin.name, given / pin.name)
     monkeypatch.setitem(modelstore.PUBLISHED, M4, dataclasses.replace(real, files=tuple(
-        modelstore.Pin(p.name, (SMALL / p.name).stat().st_size, hashlib.sha256((SMALL / p.name).read_bytes()).hexdigest())
+        modelstore.Pin(p.name, (SMALL / p.name).stat().st_size,
+                       hashlib.sha256((SMALL / p.name).read_bytes()).hexdigest())
         if p in real.checkpoint else p for p in real.files)))
     assert main(["models", "import", str(given)]) == 0
     installed = tmp_path / "models" / M4
