@@ -17,7 +17,7 @@ The fused forms (hand-written: no library does this folding for us):
   constant (exact, with a correction of the few frames where a tap reads the zero padding),
   the norm before the output 1×1 a scaling of that GEMM's weights plus a bias row;
 * the dilated depthwise convolution as oneDNN's channels-last depthwise kernel on the
-  time-major memory, large dilations through its polyphase view (see _Block._depthwise);
+  time-major memory, large dilations through its polyphase view (see FusedBlock._depthwise);
 * the analysis basis as framing + GEMM, the synthesis basis as GEMM + overlap-add
   (``fold``) rather than a slow ConvTranspose1d;
 * optionally bf16 for the blocks' activations and GEMM operands (AVX-512-BF16 / AMX on
@@ -76,8 +76,9 @@ _FAST_DILATION = 4
 FP32_LEADING_BLOCKS = 1
 
 
-class _Block:
-    """One TDCN++ block's weights, rearranged for the time-major forward."""
+class FusedBlock:
+    """One TDCN++ block's weights (:class:`~birdsep.separation.layers.TDCNBlock`), rearranged for the
+    time-major forward of :class:`BlockStack`."""
 
     def __init__(self, block, dtype: torch.dtype):
         self.dtype = dtype
@@ -172,47 +173,71 @@ def fuses(cls: type):
     return register
 
 
+class BlockStack:
+    """The time-major machinery every fused mask network shares: TDCN++ blocks as
+    :class:`FusedBlock` (the first ``FP32_LEADING_BLOCKS`` in fp32), the dense input layer into the
+    residual stream, a shared zeroed workspace, and the sigmoid mask head."""
+
+    def __init__(self, inp: nn.Conv1d, blocks, masks: nn.Conv1d, dtype: torch.dtype):
+        f32 = torch.float32
+        self.w_in = inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
+        self.b_in = inp.bias.detach().to(f32, copy=True) if inp.bias is not None else None
+        # The first block (raw input dynamic range) and the mask head set the accuracy of quiet
+        # sources: in bf16 they cost 20–30 dB of SI-SNR against fp32, the other blocks ~1 dB.
+        self.blocks = [FusedBlock(b, f32 if i < FP32_LEADING_BLOCKS else dtype) for i, b in enumerate(blocks)]
+        self.hidden = blocks[0].inp.out_channels if len(blocks) else 0
+        self.w_mask = masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
+        self.b_mask = masks.bias.detach().to(f32, copy=True) if masks.bias is not None else None
+
+    def enter(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, F) → the residual stream (F, B, C), time-major."""
+        b, n, _ = features.shape
+        x = features.float().transpose(1, 2).reshape(-1, n)  # (B·F, N)
+        h = torch.addmm(self.b_in, x, self.w_in) if self.b_in is not None else x @ self.w_in  # (B·F, C)
+        return h.view(b, -1, self.w_in.shape[1]).transpose(0, 1).contiguous()
+
+    def workspace(self, h: torch.Tensor):
+        """``workspace(dtype)``: one zeroed (F', B, H) buffer per dtype shared by the blocks, F' the
+        frames rounded up to every block's polyphase factor."""
+        rows = max((block.phases for block in self.blocks), default=1)
+        rows = -(-h.shape[0] // rows) * rows
+        buffers = {}
+
+        def get(dtype):
+            if dtype not in buffers:
+                buffers[dtype] = torch.zeros(rows, h.shape[1], self.hidden, dtype=dtype, device=h.device)
+            return buffers[dtype]
+        return get
+
+    def head(self, h: torch.Tensor, sources: int) -> torch.Tensor:
+        """(F, B, C) → sigmoid masks (B, M, N, F). Channels-first, as the bases want them."""
+        masks = torch.matmul(self.w_mask, h.permute(1, 2, 0))  # (B, M·N, F)
+        if self.b_mask is not None:
+            masks.add_(self.b_mask[:, None])
+        return masks.sigmoid_().view(h.shape[1], sources, -1, h.shape[0])
+
+
 class FusedTDCNpp(nn.Module):
     """A :class:`~birdsep.separation.layers.TDCNpp` for inference: (B, N, F) → masks (B, M, N, F),
     weights (B, M) | None, time-major inside, the norms folded (see the module docstring)."""
 
     def __init__(self, net: TDCNpp, dtype: torch.dtype):
         super().__init__()
-        f32 = torch.float32
-        self.num_sources, self.num_coeffs = net.num_sources, net.num_coeffs
-        self.w_in = net.inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
-        self.b_in = net.inp.bias.detach().to(f32, copy=True)
-        # The first block (raw input dynamic range) and the mask head set the accuracy of quiet
-        # sources: in bf16 they cost 20–30 dB of SI-SNR against fp32, the other blocks ~1 dB.
-        self.blocks = [_Block(b, f32 if i < FP32_LEADING_BLOCKS else dtype) for i, b in enumerate(net.blocks)]
-        self.hidden = net.blocks[0].inp.out_channels if len(net.blocks) else 0
-        self.alpha = net.act.weight.detach().to(f32, copy=True)
-        self.w_mask = net.masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
-        self.b_mask = net.masks.bias.detach().to(f32, copy=True)
+        self.num_sources = net.num_sources
+        self.stack = BlockStack(net.inp, net.blocks, net.masks, dtype)
+        self.alpha = net.act.weight.detach().to(torch.float32, copy=True)
         self.mix_weights = net.mix_weights
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, n, _ = features.shape
-        h = torch.addmm(self.b_in, features.float().transpose(1, 2).reshape(-1, n), self.w_in)  # (B·F, C)
-        h = h.view(b, -1, self.w_in.shape[1]).transpose(0, 1).contiguous()  # (F, B, C) time-major
-        rows = max((block.phases for block in self.blocks), default=1)
-        rows = -(-h.shape[0] // rows) * rows  # F rounded up to every block's polyphase factor
-        buffers = {}
-
-        def workspace(dtype):  # one zeroed (F', B, H) buffer per dtype, shared by the blocks
-            if dtype not in buffers:
-                buffers[dtype] = torch.zeros(rows, b, self.hidden, dtype=dtype, device=h.device)
-            return buffers[dtype]
-
-        for block in self.blocks:
+        h = self.stack.enter(features)  # (F, B, C)
+        workspace = self.stack.workspace(h)
+        for block in self.stack.blocks:
             h = block(h, workspace)
         h = _prelu(h, self.alpha)
-        # The head runs channels-first, so that the masks come out as the bases want them.
-        masks = torch.matmul(self.w_mask, h.permute(1, 2, 0)).add_(self.b_mask[:, None]).sigmoid_()  # (B, M·N, F)
         weights = None
         if self.mix_weights is not None:
             weights = torch.softmax(self.mix_weights(h.float().mean(dim=0)), dim=-1)  # (B, M)
-        return masks.view(b, self.num_sources, self.num_coeffs, -1), weights
+        return self.stack.head(h, self.num_sources), weights
 
 
 @fuses(TDCNpp)

@@ -157,50 +157,32 @@ class BirdMixIT(MaskingSeparator):
 
 
 def _fused_skip_tdcn():
-    """Register SkipTDCN's fused inference form: the engine's time-major blocks (its ``_Block``,
-    the same arithmetic as for TDCN++), the skips and the mask head as GEMMs."""
+    """Register SkipTDCN's fused inference form: the engine's time-major block stack (the same
+    arithmetic as for TDCN++), the skips as GEMMs into the residual stream."""
     from birdsep.separation import engine
 
     class FusedSkipTDCN(nn.Module):
         def __init__(self, net: SkipTDCN, dtype: torch.dtype):
             super().__init__()
             f32 = torch.float32
-            self.num_sources, self.num_coeffs, self.pairs = net.num_sources, net.num_coeffs, net.pairs
-            self.w_in = net.inp.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous()  # (N, C)
-            self.b_in = net.inp.bias.detach().to(f32, copy=True)
-            self.blocks = [engine._Block(b, f32 if i < engine.FP32_LEADING_BLOCKS else dtype)
-                           for i, b in enumerate(net.blocks)]
-            self.hidden = net.blocks[0].inp.out_channels
+            self.num_sources, self.pairs = net.num_sources, net.pairs
+            self.stack = engine.BlockStack(net.inp, net.blocks, net.masks, dtype)
             self.skips = {k: (s.weight.detach()[:, :, 0].t().to(f32, copy=True).contiguous(),
                               s.bias.detach().to(f32, copy=True)) for k, s in net.skips.items()}  # (C, C), (C,)
-            self.w_mask = net.masks.weight.detach()[:, :, 0].to(f32, copy=True)  # (M·N, C)
 
         def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, None]:
-            b, n, _ = features.shape
-            h = torch.addmm(self.b_in, features.float().transpose(1, 2).reshape(-1, n), self.w_in)  # (B·F, C)
-            h = h.view(b, -1, self.w_in.shape[1]).transpose(0, 1).contiguous()  # (F, B, C) time-major
-            rows = max(block.phases for block in self.blocks)
-            rows = -(-h.shape[0] // rows) * rows
-            buffers = {}
-
-            def workspace(dtype):  # one zeroed (F', B, H) buffer per dtype, shared by the blocks
-                if dtype not in buffers:
-                    buffers[dtype] = torch.zeros(rows, b, self.hidden, dtype=dtype, device=h.device)
-                return buffers[dtype]
-
+            h = self.stack.enter(features)  # (F, B, C)
+            workspace = self.stack.workspace(h)
             inputs: list[torch.Tensor] = []
-            for i, block in enumerate(self.blocks):
+            for i, block in enumerate(self.stack.blocks):
                 for a, d in self.pairs:
                     if d == i:
                         w, bias = self.skips[f"{a}_to_{d}"]
                         h = h + torch.addmm(bias, inputs[a].view(-1, w.shape[0]), w).view(h.shape)
-                if any(a == i for a, _ in self.pairs):
-                    inputs.append(h.clone())  # the block updates h in place
-                else:
-                    inputs.append(h)
+                # the block updates h in place: keep a copy where a later skip reads it
+                inputs.append(h.clone() if any(a == i for a, _ in self.pairs) else h)
                 h = block(h, workspace)
-            masks = torch.matmul(self.w_mask, h.permute(1, 2, 0)).sigmoid_()  # (B, M·N, F)
-            return masks.view(b, self.num_sources, self.num_coeffs, -1), None
+            return self.stack.head(h, self.num_sources), None
 
     @engine.fuses(SkipTDCN)
     def _fuse(net: SkipTDCN, dtype: torch.dtype) -> nn.Module | None:
