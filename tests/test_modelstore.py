@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -448,14 +449,28 @@ def test_listing_says_shipped_installed_or_to_download(server, store, capsys):
 
 
 @pytest.mark.slow
-def test_end_to_end_download_then_separate_by_name(server, store, tmp_path, capsys):
+def test_end_to_end_download_then_separate_by_name(server, store, tmp_path, capsys, monkeypatch):
+    """The local server serves a real TensorFlow checkpoint of the bird MixIT graph (the
+    reduced-size fixture written by google-research/sound-separation's code, tests/fixtures):
+    downloaded, checked, converted by the real converter, installed, then used by name."""
+    fixture = Path(__file__).parent / "fixtures" / "bird_mixit" / "small_m4"
+    real = modelstore.PUBLISHED[M4]
+    blobs = {p.name: (fixture / p.name).read_bytes() if p in real.checkpoint else FIXTURES[M4][p.name]
+             for p in real.files}
+    monkeypatch.setitem(modelstore.PUBLISHED, M4, dataclasses.replace(real, files=tuple(
+        modelstore.Pin(p.name, len(blobs[p.name]), hashlib.sha256(blobs[p.name]).hexdigest()) for p in real.files)))
+    server.files.update({f"/{real.subdir}/{name}": blob for name, blob in blobs.items()})
+    monkeypatch.setattr(modelstore, "converter", REAL_CONVERTER)
     assert main(["models", "download", M4, "-q"]) == 0
     assert f"--model {M4} uses it" in capsys.readouterr().out
+    card = json.loads((store / M4 / "card.json").read_text())
+    assert card["checkpoint_step"] == 3223090 and card["licence"] == "Apache-2.0"
     out = tmp_path / "separated"
     assert main(["separate", str(pretrained.EXAMPLE_RECORDING), "-o", str(out), "--model", M4, "-q"]) == 0
     folder = out / pretrained.EXAMPLE_RECORDING.stem
     meta = json.loads((folder / "separation.json").read_text())
     assert meta["model"].endswith(M4) and meta["model_config"]["num_sources"] == 4
+    assert meta["model_config"]["architecture"] == "bird-mixit"
     names = [s["file"] for s in meta["sources"]] + ([meta["high_band"]] if meta["high_band"] else [])
     tracks = [sf.read(folder / f, dtype="float32")[0] for f in names]
     x, sr = audio.load(pretrained.EXAMPLE_RECORDING)

@@ -33,7 +33,7 @@ from birdsep import audio, files
 from birdsep.version import __version__
 from birdsep.batch import BatchSummary, Done, run_batch
 from birdsep.errors import UsageError
-from birdsep.separation import runtime
+from birdsep.separation import architectures, runtime
 from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS, DEFAULT_OVERLAP, BlockSettings, separate_stream
 from birdsep.separation.runtime import Runtime
 
@@ -222,7 +222,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         "output_sample_rate": sr_out,
         "model": model_name,
         "model_sha256": weights_sha256(model_name) if model_name else None,
-        "model_config": model.config.to_dict(),
+        "model_config": architectures.to_stored(model.config),  # names the architecture, as config.json does
         "settings": {**asdict(settings), "sample_rate": opts.sample_rate, "format": opts.format, "bits": opts.bits},
         "clipped_samples": clipped,
         "runtime": {"asked": {"device": opts.device, "precision": opts.precision}, **rt.to_dict()},
