@@ -188,45 +188,47 @@ def ahead(items: Iterator, depth: int = 1) -> Iterator:
     """Yield what ``items`` yields, computed in a thread beside the caller up to ``depth`` items
     ahead: while the caller works on one item (encoding it, classifying it) the next is made
     (decoded, resampled, separated: NumPy, soxr, libsndfile, PyTorch and LiteRT let go of
-    Python's lock while they work). At most ``depth`` + 2 items are held at once: the caller's,
-    ``depth`` waiting, and the one being made. An exception in the thread is raised here, in the
-    caller, as the same exception; when the caller stops early (an error, Ctrl-C, ``close()``)
-    the thread stops after the item it is making."""
+    Python's lock while they work). At most ``depth`` + 1 items are alive at once, the caller's
+    included: the thread starts an item only once the caller is done with the one ``depth``
+    before it. An exception in the thread is raised here, in the caller, as the same exception;
+    when the caller stops early (an error, Ctrl-C, ``close()``) the thread stops after the item
+    it is making."""
     import queue
     import threading
 
     done = object()
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    ready: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(max(1, depth) + 1)  # items alive: made or being made, not yet given up by the caller
     stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def make() -> None:
         try:
-            for item in items:
-                if not put((item, None)):
+            source = iter(items)
+            while True:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
                     return
-            put((done, None))
+                item = next(source, done)
+                ready.put((item, None))
+                if item is done:
+                    return
         except BaseException as exc:  # handed to the caller, which raises it
-            put((done, exc))
+            ready.put((done, exc))
 
     worker = threading.Thread(target=make, name="birdsep-ahead", daemon=True)
     worker.start()
     try:
         while True:
-            item, exc = q.get()
+            item, exc = ready.get()
             if exc is not None:
                 raise exc
             if item is done:
                 return
             yield item
+            del item
+            slots.release()  # the caller is done with it
     finally:
         stop.set()
         worker.join()

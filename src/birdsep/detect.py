@@ -119,9 +119,14 @@ def sub_windows(x: np.ndarray, n: int) -> np.ndarray:
     t = x.shape[-1]
     if t <= n:
         return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - t)])[..., None, :]
-    k = math.ceil(t / n)
+    k = sub_window_count(t, n)
     starts = np.round(np.linspace(0, t - n, k)).astype(int)
     return np.stack([x[..., s : s + n] for s in starts], axis=-2)
+
+
+def sub_window_count(t: int, n: int) -> int:
+    """K of :func:`sub_windows` for T = ``t`` samples."""
+    return 1 if t <= n else math.ceil(t / n)
 
 
 @dataclass
@@ -235,10 +240,15 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
             rows = [x_cls[None, a:b]] if mix else []
             return np.concatenate(rows + [inp.apply(src[:, a:b], x_cls[a:b]) for inp in inputs])
 
-        wins = [sub_windows(streams(a, b), n_cls) for a, b in bounds]  # per window (R, K, n); K varies
+        rows = int(mix) + sum(inp.rows(src.shape[0]) for inp in inputs)  # R
+        shapes = [(rows, sub_window_count(b - a, n_cls)) for a, b in bounds]  # (R, K) per window; K varies
+        windows = np.empty((sum(r * k for r, k in shapes), n_cls), np.float32)  # (Σ R·K, n), filled in place
+        i = 0
+        for (a, b), (r, k) in zip(bounds, shapes):
+            windows[i : i + r * k] = sub_windows(streams(a, b), n_cls).reshape(r * k, n_cls)
+            i += r * k
         levels = np.stack([track_levels(src[:, a:b]) for a, b in bounds]) if inputs else None  # (P, M)
-        return _Piece(p0, piece, [w.shape[:2] for w in wins], np.concatenate([w.reshape(-1, n_cls) for w in wins]),
-                      levels, 0 if src is None else src.shape[0])
+        return _Piece(p0, piece, shapes, windows, levels, 0 if src is None else src.shape[0])
 
     mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
     track_out: dict[TrackInput, np.ndarray] = {}
