@@ -4,7 +4,7 @@
 
 runs ``python -m birdsep …`` (whichever birdsep ``PYTHONPATH`` finds first, so a worktree of
 an earlier commit is profiled the same way) after wrapping the functions that do each stage, and
-writes {"wall": s, "stages": {stage: s}, "calls": {stage: n}} to PROFILE.json.
+writes {"wall": s, "stages": {stage: s}, "cpu": {stage: CPU s}, "calls": {stage: n}} to PROFILE.json.
 
 A stage's seconds are its *own*: while a wrapped function calls another stage (a generator
 pulling decoded blocks, say) the time counts for the inner one. Each thread keeps its own stack,
@@ -12,6 +12,8 @@ so stages that run in threads beside the main one are counted where they run, an
 wall time can then add up to more than 100 %; the main thread's wait for a thread working ahead
 of it is a stage of its own. Wall time not inside any stage ("start-up and
 glue") is imports, model loading, argument parsing, folders. The wrappers cost ~1 µs per call.
+Each stage's CPU seconds (its threads' own, ``time.thread_time``; PyTorch's and LiteRT's worker
+threads are not seen) tell the work apart from waiting for a core on a busy machine.
 """
 from __future__ import annotations
 
@@ -53,32 +55,35 @@ ORDER = [*STAGES, "start-up and glue"]
 _local = threading.local()
 _lock = threading.Lock()
 seconds: dict[str, float] = {s: 0.0 for s in STAGES}
+cpu: dict[str, float] = {s: 0.0 for s in STAGES}  # the thread's CPU seconds (time.thread_time)
 calls: dict[str, int] = {s: 0 for s in STAGES}
 
 
 def _stack() -> list:
     if not hasattr(_local, "stack"):
-        _local.stack = []  # [stage, started] of the stages entered on this thread, innermost last
+        _local.stack = []  # [stage, started, CPU started] of the stages entered on this thread, innermost last
     return _local.stack
 
 
 def _enter(stage: str) -> None:
-    now, stack = time.perf_counter(), _stack()
+    now, used, stack = time.perf_counter(), time.thread_time(), _stack()
     if stack:  # the outer stage pauses
         outer = stack[-1]
         with _lock:
             seconds[outer[0]] += now - outer[1]
-    stack.append([stage, now])
+            cpu[outer[0]] += used - outer[2]
+    stack.append([stage, now, used])
 
 
 def _leave() -> None:
-    now, stack = time.perf_counter(), _stack()
-    stage, started = stack.pop()
+    now, used, stack = time.perf_counter(), time.thread_time(), _stack()
+    stage, started, used_before = stack.pop()
     with _lock:
         seconds[stage] += now - started
+        cpu[stage] += used - used_before
         calls[stage] += 1
     if stack:
-        stack[-1][1] = now  # the outer stage resumes
+        stack[-1][1], stack[-1][2] = now, used  # the outer stage resumes
 
 
 def _timed(fn, stage: str):
@@ -140,7 +145,7 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     wall = time.perf_counter() - started
     with open(out, "w") as fh:
-        json.dump({"wall": wall, "stages": seconds, "calls": calls}, fh)
+        json.dump({"wall": wall, "stages": seconds, "cpu": cpu, "calls": calls}, fh)
     sys.exit(code)
 
 
@@ -169,21 +174,28 @@ def profiled(cmd: list[str], pythonpath: str | None = None) -> tuple[str, float,
     return rc, wall, rss_kb, cpu, profile
 
 
-def stage_rows(profile: dict) -> dict[str, tuple[float, float]]:
-    """stage → (seconds, share of wall) in ORDER; "start-up and glue" is the wall time in no
-    stage (imports, model loading's Python side, exit; never below 0 when threads overlap)."""
-    wall, st = profile["wall"], profile["stages"]
+def stage_rows(profile: dict) -> dict[str, tuple[float, float, float | None]]:
+    """stage → (seconds, share of wall, CPU seconds or None) in ORDER; "start-up and glue" is the
+    wall time in no stage (imports, model loading's Python side, exit; never below 0 when threads
+    overlap)."""
+    wall, st, used = profile["wall"], profile["stages"], profile.get("cpu", {})
     glue = max(0.0, wall - sum(st.values()))
-    return {s: (v, v / wall) for s in ORDER for v in [st.get(s, glue if s == ORDER[-1] else 0.0)]}
+    return {s: (v, v / wall, used.get(s)) for s in ORDER for v in [st.get(s, glue if s == ORDER[-1] else 0.0)]}
 
 
 def stage_table(title: str, profiles: dict[str, dict]) -> None:
-    """One table: a row per stage, a column per run (label → profile): seconds and share of wall."""
+    """One table: a row per stage, a column per run (label → profile): seconds, share of wall and
+    the stage's own CPU seconds on the threads that ran it."""
     from common import table
 
-    print(f"stages, {title} (seconds, share of wall time; threads can make shares add up to > 100 %):")
+    print(f"stages, {title} (wall seconds, share of wall time, [CPU seconds of the stage's own thread];"
+          " threads can make shares add up to > 100 %):")
     cells = {label: stage_rows(p) for label, p in profiles.items()}
-    rows = [{"stage": s, **{label: f"{c[s][0]:6.2f} s {100 * c[s][1]:3.0f} %" for label, c in cells.items()}}
+
+    def cell(c):
+        return f"{c[0]:6.2f} s {100 * c[1]:3.0f} %" + ("" if c[2] is None else f" [{c[2]:5.2f}]")
+
+    rows = [{"stage": s, **{label: cell(c[s]) for label, c in cells.items()}}
             for s in ORDER if any(c[s][0] >= 0.005 for c in cells.values())]
     rows.append({"stage": "wall", **{label: f"{p['wall']:6.2f} s 100 %" for label, p in profiles.items()}})
     table(rows)
