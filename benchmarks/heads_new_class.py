@@ -4,7 +4,11 @@ labels), trained with ``birdsep train-classifier --embeddings birdnet`` on ``--t
 each, and detected on the NIPS4B clips never trained on.
 
 The first ``--train`` clips (by name) annotated with each insect go into one folder per insect
-(symbolic links in ``--work``), trained with the CLI (``--noise`` recordings as negatives). Every
+(symbolic links in ``--work``), beside the ``xc/`` bird species' folders (so that the heads also
+know birds: a user adds classes to a bird classifier), trained with the CLI; ``--negatives``
+NIPS4B clips without any of the three insects join the ``--noise`` recordings as negatives (from
+the same recorders: without them the heads learn the recorders' sound as the insects' and fire
+on every NIPS4B clip). ``--no-birds``: the insect folders alone. Every
 other annotated NIPS4B train clip is held out: a positive for an insect where its NIPS4Bplus
 annotation has that insect, a negative otherwise (birds, other insects, empty clips). A clip's
 score is its best activity window's (the heads on the mix, what ``classify --mode mix`` scores).
@@ -45,11 +49,15 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=5, help="training clips per insect")
     p.add_argument("--work", type=Path, default=Path("/tmp/heads_new_class"))
     p.add_argument("--tracks", action="store_true", help="train with the tracks too (default: the mix)")
+    p.add_argument("--negatives", type=int, default=15, help="NIPS4B clips without the insects, as negatives")
+    p.add_argument("--birds", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the xc/ bird species beside the insects (default: on)")
     p.add_argument("--reps", type=int, default=1000)
     a = p.parse_args(argv)
     t0 = time.monotonic()
     paths, codes = clips(a.data / "soundscapes" / "nips4b")
     folder = a.work / "insects"
+    shutil.rmtree(folder, ignore_errors=True)
     train = set()
     for code, name in INSECTS.items():
         d = folder / name.replace(" ", "_")
@@ -58,10 +66,21 @@ def main(argv=None) -> int:
             (d / q.name).unlink(missing_ok=True)
             (d / q.name).symlink_to(q)
             train.add(q)
+    negatives = a.work / "negatives"
+    shutil.rmtree(negatives, ignore_errors=True)
+    negatives.mkdir(parents=True)
+    for q in [q for q, c in zip(paths, codes) if c and not c & set(INSECTS)][: a.negatives]:
+        (negatives / q.name).symlink_to(q)
+        train.add(q)
+    for sub in sorted(q for q in (a.data / "xc").iterdir() if q.is_dir()) if a.birds else []:
+        if not (folder / sub.name).exists():
+            (folder / sub.name).symlink_to(sub)
     run = a.work / "run"
     shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
     cmd = ["birdsep", "train-classifier", str(folder), "--embeddings", "birdnet", "--out", str(run),
-           "-q", "--tracks" if a.tracks else "--no-tracks"] + (["--noise", *a.noise] if a.noise else [])
+           "-q", "--tracks" if a.tracks else "--no-tracks"]
+    noise = list(a.noise) + ([str(negatives)] if a.negatives else [])
+    cmd += ["--noise", *noise] if noise else []
     print("$ " + " ".join(cmd))
     subprocess.run([sys.executable, "-m", "birdsep.cli", *cmd[1:]], check=True)
     t_train = time.monotonic() - t0
@@ -78,8 +97,9 @@ def main(argv=None) -> int:
                       .max(0) for q in held])  # (clips, insects)
     y = np.array([[code in codes[paths.index(q)] for code in INSECTS] for q in held], int)
     boot = metrics.bootstrap(y, {"heads": s}, np.arange(len(y)), reps=a.reps, min_positives=1)
-    print(f"{len(train)} training clips ({a.train} per insect), trained in {t_train:.0f} s; {len(held)} held-out "
-          "annotated NIPS4B clips")
+    print(f"{len(train)} training clips ({a.train} per insect, {a.negatives} without them as negatives)"
+          + (", with the xc/ bird species" if a.birds else "")
+          + f", trained in {t_train:.0f} s; {len(held)} held-out annotated NIPS4B clips")
     print()
     print("| insect (NIPS4B code) | held-out positive clips | negative clips | AP | ROC AUC | recall @ 0.5 | "
           "precision @ 0.5 |")
