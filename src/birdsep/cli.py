@@ -280,8 +280,9 @@ def _add_train_classifier(sub) -> None:
                    help="train the taxonomic heads on BirdNET V2.4 embeddings of the activity windows (minutes on a "
                         "CPU; needs the birdnet extra) instead of an EfficientNet from scratch")
     p.add_argument("--tracks", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --embeddings: also embed each window's separated tracks and train with "
-                        "multiple-instance learning over {mix, tracks} (default: on)")
+                   help="with --embeddings: also embed each window's separated tracks (as mix+separated hears "
+                        "them) and train on {mix, tracks} (default: on; --no-tracks is 3-4x faster and was as "
+                        "good on held-out recordings)")
     p.add_argument("--separator", default=None, metavar="MODEL",
                    help="with --tracks: the separator (a shipped model's name or a folder; default the shipped one)")
     p.add_argument("--cache", default=None, metavar="DIR",

@@ -52,7 +52,8 @@ class HeadsConfig:
     hidden: int = 0  # 0: linear heads (the paper's); > 0: one hidden ReLU layer of this width
     dropout: float = 0.0  # on the (hidden) features, while training
     members: int = 1  # ensemble size; members' logits are averaged
-    tracks: bool = False  # trained with MIL over the mix and its separated tracks
+    tracks: bool = False  # trained on the mix and its separated tracks
+    mil: str = ""  # with tracks: how (the MilSpec's name and what the heads heard for each track)
     separator: str | None = None  # the separator of the training tracks (informative)
     sample_rate: int = 48000
     window_seconds: float = 3.0
@@ -156,7 +157,8 @@ class MilSpec:
                                              f"mix-anchored {self.anchor:g} + {pool}")
 
 
-#: The loss ``train-classifier --tracks`` trains with.
+#: The functions' default: plain multiple-instance learning (``train-classifier`` uses its own
+#: choice, :data:`birdsep.classification.heads_train.SPEC`).
 MIL_DEFAULT = MilSpec()
 
 
