@@ -57,6 +57,7 @@ _lock = threading.Lock()
 seconds: dict[str, float] = {s: 0.0 for s in STAGES}
 cpu: dict[str, float] = {s: 0.0 for s in STAGES}  # the thread's CPU seconds (time.thread_time)
 calls: dict[str, int] = {s: 0 for s in STAGES}
+main_thread = [0.0]  # the stages' seconds on the main thread: the rest of the wall time is start-up and glue
 
 
 def _stack() -> list:
@@ -72,6 +73,8 @@ def _enter(stage: str) -> None:
         with _lock:
             seconds[outer[0]] += now - outer[1]
             cpu[outer[0]] += used - outer[2]
+    else:
+        _local.outermost = now
     stack.append([stage, now, used])
 
 
@@ -82,6 +85,8 @@ def _leave() -> None:
         seconds[stage] += now - started
         cpu[stage] += used - used_before
         calls[stage] += 1
+        if not stack and threading.current_thread() is threading.main_thread():
+            main_thread[0] += now - _local.outermost
     if stack:
         stack[-1][1], stack[-1][2] = now, used  # the outer stage resumes
 
@@ -145,7 +150,7 @@ def main() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     wall = time.perf_counter() - started
     with open(out, "w") as fh:
-        json.dump({"wall": wall, "stages": seconds, "cpu": cpu, "calls": calls}, fh)
+        json.dump({"wall": wall, "stages": seconds, "cpu": cpu, "calls": calls, "main_thread": main_thread[0]}, fh)
     sys.exit(code)
 
 
@@ -176,10 +181,9 @@ def profiled(cmd: list[str], pythonpath: str | None = None) -> tuple[str, float,
 
 def stage_rows(profile: dict) -> dict[str, tuple[float, float, float | None]]:
     """stage → (seconds, share of wall, CPU seconds or None) in ORDER; "start-up and glue" is the
-    wall time in no stage (imports, model loading's Python side, exit; never below 0 when threads
-    overlap)."""
+    wall time that the main thread spent in no stage (imports, model loading's Python side, exit)."""
     wall, st, used = profile["wall"], profile["stages"], profile.get("cpu", {})
-    glue = max(0.0, wall - sum(st.values()))
+    glue = max(0.0, wall - profile.get("main_thread", sum(st.values())))
     return {s: (v, v / wall, used.get(s)) for s in ORDER for v in [st.get(s, glue if s == ORDER[-1] else 0.0)]}
 
 
