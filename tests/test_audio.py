@@ -166,3 +166,15 @@ def test_ahead_yields_in_order_raises_the_threads_error_and_stops_when_left():
     assert int(next(stream)[0]) == 0
     stream.close()  # the caller stops: the thread ends without making the rest
     assert len(made) <= 5 and not any(t.name == "birdsep-ahead" for t in threading.enumerate())
+
+
+def test_resampling_several_channels_gives_each_channel_alone():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 22050)).astype(np.float32)
+    y = audio.resample(x, 22050, 48000)
+    assert y.shape == (2, 3, 48000) and y.dtype == np.float32 and y.flags.c_contiguous
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(y[i, j], audio.resample(x[i, j], 22050, 48000))
+    assert audio.resample(x[:, :, ::2], 22050, 32000).shape == (2, 3, 16000)  # strided input
+    assert audio.resample(np.zeros((0, 100), np.float32), 16000, 32000).shape == (0, 200)
