@@ -50,11 +50,14 @@ the same window cmAP per outer fold (each fold scored by its own heads: where th
 different variants, pooled scores mix heads of different calibration) and the paired
 differences ``selected`` − ``mix`` and against ``analyzer``, pooled and as a mean over folds.
 
-    python benchmarks/embedding_heads.py --noise ../shared/data/noise
+    python benchmarks/embedding_heads.py --noise ../shared/data/noise --steps 1000
     python benchmarks/embedding_heads.py --species 4 --distractors 6 --max-windows 1 --steps 100 --reps 100 \\
         --inputs raw   # smoke run
 
-Results: ``results/embedding_heads.txt``.
+Results (``results/embedding_heads.txt``, the first command, 22 species, 120 held-out recordings):
+no use of the tracks beats the mix alone on validation (best 0.556 against 0.557); held out, per
+fold, the chosen variant − mix −0.002 [−0.033, +0.031], mix − BirdNET-Analyzer's recipe +0.007
+[−0.026, +0.039], BirdNET itself 0.837 against the heads' 0.767.
 """
 from __future__ import annotations
 
