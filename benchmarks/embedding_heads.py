@@ -269,8 +269,8 @@ def diagnose(trainer: Trainer, train, held, emb, inputs) -> list[str]:
             top = z.argmax(axis=1)[pos]  # the instance the max scores for each positive entry
             hp = yh > 0
             lines.append(f"{v.name}: training positives, best instance the mix {np.mean(top == 0):.0%}, a track "
-                         f"{np.mean(top > 0):.0%}; mean logit of the labelled species on the mix {z[:, 0][pos].mean():+.2f}"
-                         f", on its best track {z[:, 1:].max(1)[pos].mean():+.2f}; held out: mix logit of the true "
+                         f"{np.mean(top > 0):.0%}; mean logit of the labelled species on the mix "
+                         f"{z[:, 0][pos].mean():+.2f}, on its best track {z[:, 1:].max(1)[pos].mean():+.2f}; held out: mix logit of the true "
                          f"species {zh[:, 0][hp].mean():+.2f}, of the others {zh[:, 0][~hp].mean():+.2f}")
     return lines
 
