@@ -343,7 +343,7 @@ def test_train_on_real_recordings_then_classify(tmp_path, capsys, data_dir):
     for name in ("rain.flac", "car_engine.flac"):
         (noise / name).symlink_to(data_dir / "noise" / name)
     args = ["train-classifier", str(data), "--embeddings", "birdnet", "--noise", str(noise), "--max-windows", "2",
-            "--steps", "300", "--minutes", "2", "--cache", str(tmp_path / "cache"), "-q"]
+            "--steps", "300", "--minutes", "2", "--cache", str(tmp_path / "cache"), "--tracks", "-q"]
     assert main(args + ["--out", str(tmp_path / "run")]) == 0
     out, err = capsys.readouterr()
     err_lines = err.strip().splitlines()

