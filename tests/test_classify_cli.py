@@ -47,6 +47,28 @@ def test_combine_modes_keep_the_channel_of_the_max():
     assert np.allclose(s, [[0.7, 0.9]]) and c.tolist() == [[2, 0]]
 
 
+def test_combine_pools_a_long_file_in_runs_of_windows_with_the_same_result():
+    """detect.combine hands the rules COMBINE_WINDOWS windows at a time (memory flat in the
+    file's length): the same scores and channels as the whole file at once, for every rule."""
+    from birdsep import combination, detect
+    from birdsep.combination import RULES, Rule
+
+    rng = np.random.default_rng(0)
+    n, m, n_lab = 2 * detect.COMBINE_WINDOWS + 22, 4, 50
+    mix, tracks = rng.random((n, n_lab)).astype(np.float32), rng.random((n, m, n_lab)).astype(np.float32)
+    levels, denoised = (-30 * rng.random((n, m))).astype(np.float32), rng.random((n, 1, n_lab)).astype(np.float32)
+    for rule in [*RULES.values(), Rule("mean", pool="mean", denoised=0.25), Rule("a", align=0.5, top_k=3,
+                                                                                  min_level_db=-10)]:
+        fs = FileScores([(i, i + 1) for i in range(n)], mix, {rule.input: tracks, rule.denoise_input: denoised},
+                        levels)
+        for mode in ("mix", "separated", "mix+separated"):
+            got = combine(mode, fs, rule)
+            want = combination.combine(rule, mode, mix, tracks, levels, denoised[:, 0] if rule.denoised else None)
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(g, w)
+
+
 class _Loudness:
     """A stand-in classifier: one 'species' whose score is the window's RMS."""
 

@@ -284,13 +284,28 @@ def rule_for(mode: str, name: str = DEFAULT_RULE) -> Rule:
     return combination.RULES[name] if mode == POOLED else combination.PAPER
 
 
+#: windows pooled at a time by :func:`combine` (the rules work window by window; an hour's (N, M, L)
+#: logits in float64 at once would be ~150 MB, and several such temporaries)
+COMBINE_WINDOWS = 64
+
+
 def combine(mode: str, fs: FileScores, rule: Rule = DEFAULT) -> tuple[np.ndarray, np.ndarray]:
     """(scores (N, L), channel (N, L)): channel 0 is the mix, k ≥ 1 the k-th separated track."""
     tracks = fs.tracks.get(rule.input) if mode != "mix" else None
     if mode != "mix" and tracks is None:
         raise ValueError(f"no scores for {rule.input.name}")
     denoised = fs.tracks.get(rule.denoise_input) if mode == POOLED and rule.denoised else None
-    return combination.combine(rule, mode, fs.mix, tracks, fs.levels, None if denoised is None else denoised[:, 0])
+    if denoised is not None:
+        denoised = denoised[:, 0]
+
+    def rows(a, at: slice):
+        return None if a is None else a[at]
+
+    n = len(fs.spans)
+    parts = [combination.combine(rule, mode, rows(fs.mix, at), rows(tracks, at), rows(fs.levels, at),
+                                 rows(denoised, at))
+             for at in (slice(i, i + COMBINE_WINDOWS) for i in range(0, max(n, 1), COMBINE_WINDOWS))]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @dataclass(frozen=True)
