@@ -16,6 +16,7 @@ T = window_seconds · sample_rate → (N, len(labels)) scores in [0, 1].
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,8 +83,8 @@ def _quiet_stderr():
 class BirdNET:
     """BirdNET V2.4 through ai-edge-litert.
 
-    ``threads`` single-threaded interpreters run their shares of the windows at the same time
-    (LiteRT lets go of Python's lock while it runs): on BirdNET's small convolutions one
+    ``threads`` single-threaded interpreters take batches of windows as each comes free, at the
+    same time (LiteRT lets go of Python's lock while it runs): on BirdNET's small convolutions one
     interpreter with two threads is barely faster than with one, two interpreters nearly twice.
     Every window's scores are the same however the windows are shared out and batched (each is
     computed on its own; the tests check this). Batches of one window run as fast per window as
@@ -117,25 +118,25 @@ class BirdNET:
     def predict(self, windows: np.ndarray) -> np.ndarray:
         x = birdnet_windows(windows, int(round(self.window_seconds * self.sample_rate)))  # (N, T)
         out = np.zeros((len(x), len(self.labels)), np.float32)  # (N, L)
+        batches = itertools.count()  # the next batch to run, taken by whichever interpreter is free
 
-        def run(k: int, a: int, b: int) -> None:  # windows a…b on interpreter k
-            def read(i: int, j: int) -> None:
-                logits = self._interpreters[k].get_tensor(self._output)
-                out[a + i : a + j] = 1.0 / (1.0 + np.exp(-np.clip(logits, -15, 15)))
+        def run(k: int) -> None:  # interpreter k runs batches until none is left
+            while (a := next(batches) * self.batch_size) < len(x):
+                def read(i: int, j: int, a: int = a) -> None:
+                    logits = self._interpreters[k].get_tensor(self._output)
+                    out[a + i : a + j] = 1.0 / (1.0 + np.exp(-np.clip(logits, -15, 15)))
 
-            self._batches[k].run(x[a:b], read)
+                self._batches[k].run(x[a : a + self.batch_size], read)
 
-        # whole batches, shared out in runs of consecutive ones: (start, end) per interpreter
-        batches = -(-len(x) // self.batch_size)
-        cuts = [min(len(x), self.batch_size * (batches * k // len(self._batches))) for k in range(len(self._batches))]
-        spans = [(a, b) for a, b in zip(cuts, cuts[1:] + [len(x)]) if b > a]
-        if len(spans) > 1 and self._pool is None:
+        # an interpreter slowed down (a core shared with other work) takes fewer batches, rather
+        # than holding up the call with a fixed half of them
+        helpers = min(len(self._batches), -(-len(x) // self.batch_size)) - 1
+        if helpers > 0 and self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(len(self._batches) - 1, thread_name_prefix="birdnet")
-        others = [self._pool.submit(run, k, a, b) for k, (a, b) in enumerate(spans) if k]
-        if spans:
-            run(0, *spans[0])
+        others = [self._pool.submit(run, k) for k in range(1, helpers + 1)]
+        run(0)
         for f in others:
             f.result()
         return out
