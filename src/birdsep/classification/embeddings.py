@@ -71,7 +71,7 @@ class BirdNETEmbedder:
     dim = EMBEDDING_DIM
 
     def __init__(self, threads: int = 1, batch_size: int = 16):
-        from birdsep.backends import BIRDNET_HINT, Batches, _quiet_stderr, birdnet_files
+        from birdsep.litert import BIRDNET_HINT, Batches, birdnet_files, quiet_stderr
 
         model, _ = birdnet_files()
         try:
@@ -80,14 +80,14 @@ class BirdNETEmbedder:
             raise UsageError(BIRDNET_HINT) from None
         self.model_path = model
         self.batch_size = batch_size
-        with _quiet_stderr():
+        with quiet_stderr():
             self._it = Interpreter(model_path=str(model), num_threads=max(1, threads),
                                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self._input = self._it.get_input_details()[0]["index"]
         self._output = self._it.get_output_details()[0]["index"]
         self._embedding, weight, bias = self._classifier_layer()
         self._batches = Batches(self._it, self._input, batch_size)
-        with _quiet_stderr():
+        with quiet_stderr():
             self._it.allocate_tensors()
         self.weight = self._it.get_tensor(weight).astype(np.float32)  # (L, D) the classifier's dense weights
         self.bias = self._it.get_tensor(bias).astype(np.float32)  # (L,)
@@ -113,7 +113,7 @@ class BirdNETEmbedder:
 
     def embed_and_logits(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, T) audio at 48 kHz, T = 144,000 → (embeddings (N, D), BirdNET's logits (N, L))."""
-        from birdsep.backends import birdnet_windows
+        from birdsep.litert import birdnet_windows
 
         x = birdnet_windows(windows, int(round(self.window_seconds * self.sample_rate)))
         emb = np.zeros((len(x), EMBEDDING_DIM), np.float32)
