@@ -33,8 +33,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from common import header, measure, table
-from stages import load_average, previous, profiled, stage_table
+from common import header, measure
+from stages import load_average, previous, profiled, report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = DATA / "soundscapes" / "jura_forest_24h"
@@ -136,13 +136,7 @@ def main():
                             mode == "mix" and other.startswith("birdnetlib")):
                         ratios.append(f"{minutes:g} min: {label} runs {other_wall / wall:.2f}× as fast as {other}")
             rec.unlink()
-    table(rows)
-    for line in ratios:
-        print(line)
-    print()
-    for title, profiles in stages.items():
-        stage_table(f"{title} (the median run of each)", profiles)
-    print(f"load average at the end: {load_average()}")
+    report(rows, ratios, stages)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from common import header, table
-from stages import load_average, previous, profiled, stage_table
+from common import header
+from stages import load_average, previous, profiled, report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = DATA / "soundscapes" / "pennsylvania" / "dawn_chorus_1min.flac"
@@ -106,13 +106,7 @@ def main():
             for label, other in walls.items():
                 ratios.append(f"{minutes:g} min: {first} runs {other / now:.2f}× as fast as {label}")
             rec.unlink()
-    table(rows)
-    for line in ratios:
-        print(line)
-    print()
-    for title, profiles in stages.items():
-        stage_table(f"{title} (the median run of each)", profiles)
-    print(f"load average at the end: {load_average()}")
+    report(rows, ratios, stages)
 
 
 if __name__ == "__main__":

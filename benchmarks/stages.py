@@ -229,5 +229,19 @@ def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def report(rows: list[dict], ratios: list[str], stages: dict[str, dict]) -> None:
+    """What separate_long.py and classify_long.py print at the end: the runs, the ratios, one stage
+    table per title, and the load average."""
+    from common import table
+
+    table(rows)
+    for line in ratios:
+        print(line)
+    print()
+    for title, profiles in stages.items():
+        stage_table(f"{title} (the median run of each)", profiles)
+    print(f"load average at the end: {load_average()}")
+
+
 if __name__ == "__main__":
     main()
