@@ -338,3 +338,31 @@ def test_trained_classifier_backend_plugs_in(data_dir, tmp_path):
     assert len(rows) == 2 * 2  # 2 windows (5 s + 2 s) × 2 species, every score written
     assert {d.species for d in rows} == {"european_robin", "blackcap"}
     assert all(d.channel.startswith("source_") for d in rows)
+
+
+def test_silencing_stderr_from_many_threads_leaves_it_restored(capfd):
+    """LiteRT's noise is silenced per call, from several threads at once: file descriptor 2 must
+    come back every time (two silencers restoring out of order left it at /dev/null)."""
+    import os
+    import threading
+    import time
+
+    from birdsep.litert import quiet_stderr
+
+    start = threading.Barrier(8)
+
+    def silence():
+        start.wait()
+        for _ in range(20):
+            with quiet_stderr():
+                os.write(2, b"noise\n")
+                time.sleep(0.0005)
+
+    threads = [threading.Thread(target=silence) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.write(2, b"an error line\n")
+    err = capfd.readouterr().err
+    assert "an error line" in err and "noise" not in err

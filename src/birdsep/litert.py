@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -33,21 +34,30 @@ def birdnet_files() -> tuple[Path, Path]:
     return model, labels
 
 
+_SILENCING = threading.RLock()
+
+
 @contextmanager
 def quiet_stderr():
-    """Silence file descriptor 2 (native libraries' logging) for the duration."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+    """Silence file descriptor 2 (native libraries' logging) for the duration.
+
+    File descriptor 2 belongs to the whole process, so silencing is serialised: two threads that
+    silenced it at once (BirdNET's interpreters allocate in several threads) could otherwise
+    restore in the wrong order and leave it pointing at /dev/null, losing every later error line.
+    """
+    with _SILENCING:
+        try:
+            saved = os.dup(2)
+        except OSError:
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            return
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def birdnet_windows(windows: np.ndarray, n: int) -> np.ndarray:
