@@ -350,3 +350,30 @@ def test_separate_needs_no_training_extras(tmp_path):
                         "--precision", "fp32", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "HEAVY []" in r.stdout
+
+
+def test_an_interrupted_file_stops_the_thread_ahead_at_once(data_dir, tmp_path):
+    """Ctrl-C or SIGTERM while a file's tracks are written stops the thread that decodes,
+    resamples and separates ahead before the exception leaves ``separate_file``, even while the
+    traceback (which holds the function's frame) is still alive: a thread left running at exit
+    kept soxr's stream alive, and nanobind printed a leak report after "interrupted"."""
+    import threading
+
+    from birdsep import pipeline
+    from birdsep.separation import runtime
+
+    src = data_dir / "soundscapes" / "jura_forest_24h"
+    f = sorted(src.glob("*.flac"))[0]
+    x, sr = sf.read(f, dtype="float32")
+    long = tmp_path / "long.flac"
+    sf.write(long, np.tile(x, 6), sr)  # a minute: several chunks, resampled (22 kHz → the model's rate)
+    model, rt = runtime.settle("cpu", "auto", model=birdsep.load_model(DEFAULT_SEPARATOR))
+
+    def stop(fraction):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        pipeline.separate_file(long, tmp_path / "o", model, pipeline.SeparateOptions(), rt, progress=stop)
+    assert caught.value.__traceback__ is not None  # still held here
+    assert not [t for t in threading.enumerate() if t.name == "birdsep-ahead" and t.is_alive()]
+    assert not list((tmp_path / "o").glob("*.tmp*"))

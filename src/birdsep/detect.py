@@ -20,6 +20,8 @@ inputs.
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -253,28 +255,30 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
     mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
     track_out: dict[TrackInput, np.ndarray] = {}
     levels = None
-    for p in audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece)):
-        flat = classifier.predict(p.windows)  # (Σ R·K, L)
-        scores, k0 = [], 0
-        for r, k in p.shapes:
-            scores.append(flat[k0 : k0 + r * k].reshape(r, k, n_lab).max(axis=1))
-            k0 += r * k
-        scores = np.stack(scores)  # (P, R, L)
-        at = slice(p.first, p.first + len(p.spans))
-        if mix:
-            mix_out[at] = scores[:, 0]
-        if inputs:
-            m = p.sources
-            if levels is None:
-                levels = np.zeros((len(spans), m), np.float32)
-                track_out = {inp: np.zeros((len(spans), inp.rows(m), n_lab), np.float32) for inp in inputs}
-            levels[at] = p.levels
-            first = int(mix)
-            for inp in inputs:
-                track_out[inp][at] = scores[:, first : first + inp.rows(m)]
-                first += inp.rows(m)
-        if progress is not None:
-            progress(min(1.0, (p.first + len(p.spans)) / len(spans)))
+    # closed on the way out: an error or Ctrl-C here stops the thread ahead at once (see pipeline)
+    with contextlib.closing(audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece))) as pieces:
+        for p in pieces:
+            flat = classifier.predict(p.windows)  # (Σ R·K, L)
+            scores, k0 = [], 0
+            for r, k in p.shapes:
+                scores.append(flat[k0 : k0 + r * k].reshape(r, k, n_lab).max(axis=1))
+                k0 += r * k
+            scores = np.stack(scores)  # (P, R, L)
+            at = slice(p.first, p.first + len(p.spans))
+            if mix:
+                mix_out[at] = scores[:, 0]
+            if inputs:
+                m = p.sources
+                if levels is None:
+                    levels = np.zeros((len(spans), m), np.float32)
+                    track_out = {inp: np.zeros((len(spans), inp.rows(m), n_lab), np.float32) for inp in inputs}
+                levels[at] = p.levels
+                first = int(mix)
+                for inp in inputs:
+                    track_out[inp][at] = scores[:, first : first + inp.rows(m)]
+                    first += inp.rows(m)
+            if progress is not None:
+                progress(min(1.0, (p.first + len(p.spans)) / len(spans)))
     return FileScores(spans, mix_out, track_out, levels)
 
 

@@ -167,8 +167,12 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         model_rate = _resampled(iter(native) if native is not None else source, sr_in, sr_model)
 
         # decoding, resampling and the model run a chunk ahead in a thread, while this one draws,
-        # quantises, encodes and writes the chunk before (the same chunks, in the same order)
-        separated = audio.ahead(separate_stream(model, model_rate, sr_model, settings))
+        # quantises, encodes and writes the chunk before (the same chunks, in the same order).
+        # Closed on the way out, first: an error or Ctrl-C here stops that thread at once, not
+        # when the traceback holding this frame is freed (a thread left running at exit keeps
+        # soxr's stream alive, which nanobind reports as a leak on stderr)
+        separated = stack.enter_context(contextlib.closing(
+            audio.ahead(separate_stream(model, model_rate, sr_model, settings))))
 
         def with_spectrogram(chunks):  # the sources sum to the model-rate mixture: row 0 of the picture
             for s in chunks:
