@@ -366,3 +366,31 @@ def test_silencing_stderr_from_many_threads_leaves_it_restored(capfd):
     os.write(2, b"an error line\n")
     err = capfd.readouterr().err
     assert "an error line" in err and "noise" not in err
+
+
+@need_birdnet
+def test_classify_mix_with_birdnet_never_loads_pytorch(data_dir, tmp_path):
+    """``classify --mode mix`` with BirdNET runs in LiteRT alone: PyTorch (≈ 500 MB resident
+    and 1.5 s of start-up with a CUDA build) is not imported, --threads included."""
+    import subprocess
+    import sys
+
+    clip = _excerpt(data_dir, tmp_path, ROBIN, 6.0, "robin.wav")
+    code = ("import sys; from birdsep.cli import main; "
+            f"rc = main(['classify', {str(clip)!r}, '--mode', 'mix', '-o', {str(tmp_path / 'o')!r}, '-q', "
+            "'--threads', '1']); print(rc, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.stdout.split("\n")[-2].split() == ["0", "False"], run.stderr[-2000:]
+    assert "Erithacus rubecula" in (tmp_path / "o" / "robin.birdsep.results.csv").read_text()
+
+
+def test_threads_are_handed_to_pytorch_when_it_loads():
+    """One number of threads per process: set before PyTorch loads, PyTorch starts with it."""  # (1: PyTorch caps OMP_NUM_THREADS at the cores)
+    import subprocess
+    import sys
+
+    code = ("import sys; from birdsep import threads; threads.use(1); a = threads.count(); "
+            "assert 'torch' not in sys.modules; import torch; print(a, torch.get_num_threads(), threads.count())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.stdout.split() == ["1", "1", "1"], run.stderr[-2000:]

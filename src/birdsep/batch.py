@@ -45,6 +45,7 @@ from birdsep.claims import BUSY, FAILED, MINE, Claims, tidy
 from birdsep.errors import InputError, Terminated
 from birdsep.files import file_in_the_way, find_audio, make_folder, remove_temps_of
 from birdsep.task import Done, Lost, Progress, Result, Work, guarded  # noqa: F401 (Done, Progress: the commands')
+from birdsep.threads import use as use_threads
 
 ERROR_LOG = "errors.log"
 MAX_TRIES = 3  # a file whose worker died this many times is reported as failed, not tried again
@@ -90,9 +91,7 @@ def plan_jobs(files: list[Path], jobs: int | None, device: str, threads: int | N
     On a GPU (``device`` cuda, or auto with one): 1."""
     if jobs is not None:
         return jobs
-    import torch
-
-    if device == "cuda" or device == "auto" and torch.cuda.is_available():
+    if device == "cuda" or device == "auto" and _gpu():
         return 1
     from birdsep import audio
 
@@ -108,6 +107,12 @@ def plan_jobs(files: list[Path], jobs: int | None, device: str, threads: int | N
         if seconds >= AUTO_JOBS_MIN_SECONDS:
             return cap
     return 1
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _memory() -> int:
@@ -489,10 +494,7 @@ def _executor(todo, make_worker, worker_args, work, jobs, threads, cluster, devi
     jobs = max(1, min(plan_jobs([f for f, _ in todo], jobs, device, threads), len(todo)))
     if jobs > 1:
         return _Processes(jobs, make_worker, worker_args, threads_per_job(threads, jobs))
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    use_threads(threads)
     return _Here(work or make_worker(*worker_args))
 
 

@@ -40,6 +40,7 @@ from birdsep.outputs import HIGH_FREQ, Context, Detection, paths_of, write_combi
 from birdsep.separation import runtime
 from birdsep.separation.runtime import Runtime
 from birdsep.taxonomy import label_names, read_species_list
+from birdsep.threads import count as thread_count, use as use_threads
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +408,7 @@ class Detector:
         from birdsep.backends import load_classifier
 
         self.opts = opts
-        self.classifier = load_classifier(opts.classifier, threads=opts.threads or _torch_threads())
+        self.classifier = load_classifier(opts.classifier, threads=opts.threads or thread_count())
         labels = self.classifier.labels
         self.keep = location_mask(labels, opts) if opts.location else species_mask(labels, opts.species_list)
         self.rule = rule_for(opts.mode, opts.combine)
@@ -482,13 +483,6 @@ class Detector:
 
 
 
-def _torch_threads() -> int:
-    """The threads this process was given (a batch worker's share of the cores, or --threads)."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _detector_worker(opts: ClassifyOptions, rt: Runtime, detector: Detector | None = None):
     """Load the classifier (and separator) once per process; return work(path, base, progress) -> Done."""
     runtime.tune_allocator()
@@ -501,10 +495,7 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
     jobs or a Ray cluster (whose workers each settle device and precision on their own node), and
     the batch's combined tables rebuilt over every done input at the end."""
     opts.check()
-    if opts.threads:
-        import torch
-
-        torch.set_num_threads(opts.threads)
+    use_threads(opts.threads)
     # a bad classifier, separator, species list or device fails here, before any file
     detector = Detector(opts) if opts.ray is None else Detector(opts, Runtime(reason="checked only"))
     out = Path(opts.out)
@@ -514,7 +505,7 @@ def classify_batch(inputs: list[str], opts: ClassifyOptions) -> BatchSummary:
                         make_worker=_detector_worker, worker_args=(opts, rt), jobs=opts.jobs, threads=opts.threads,
                         progress=opts.progress, verb="classifying", past="classified",
                         work=_detector_worker(opts, rt, detector) if opts.ray is None else None,
-                        cluster=opts.ray, device=opts.device, also_written=(opts.tracks,) if opts.tracks else ())
+                        cluster=opts.ray, device=rt.device if rt is not None else opts.device, also_written=(opts.tracks,) if opts.tracks else ())
     done = [(f, Path(base), audio.info(f).duration) for f, base in summary.targets if done_here(Path(base))]
     if done:
         write_combined(out, done, opts.rtype)

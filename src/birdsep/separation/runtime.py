@@ -110,10 +110,16 @@ def settle(device: str = "auto", precision: str = "auto", *, load=None, model=No
     function every command, the API, the page and each Ray worker call.
 
     ``load``: a function ``device -> separator`` (the model is loaded on the settled device), or
-    ``model``: a separator already loaded; neither: no separator (fp32, nothing to choose). ``given``: a Runtime settled before (by the driver, by the page's first job),
+    ``model``: a separator already loaded; neither: no separator (fp32, nothing to choose; ``auto``
+    is the CPU, and PyTorch is not imported). ``given``: a Runtime settled before (by the driver, by the page's first job),
     kept as it is, so nothing is measured twice; the model is then loaded on its device.
     ``auto`` precision measures on the bundled probe recording at the model's rate."""
-    dev = given.device if given is not None else resolve_device(device)
+    if given is not None:
+        dev = given.device
+    elif load is None and model is None and device == "auto":
+        dev = "cpu"  # no separator: nothing runs on a GPU (BirdNET runs in LiteRT), and PyTorch is not loaded
+    else:
+        dev = resolve_device(device)
     if load is not None:
         model = load(dev)
     if given is not None:
