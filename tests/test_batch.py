@@ -173,10 +173,11 @@ def test_printing_commands_get_their_lines_through_the_runner(inputs):
     assert s.exit_code == 1 and len(s.failed) == 2
 
 
-def test_a_worker_waiting_for_a_file_ends_quietly_on_a_signal(monkeypatch):
+def test_a_worker_waiting_for_a_file_lets_the_batch_end_it(monkeypatch):
     """Ctrl-C or SIGTERM to a -j worker: with a file in hand it stops that file (the batch cleans
-    up and reports); waiting for one (in the pool's queue) it ends at once with 128 + the signal
-    and prints nothing (was: a traceback from multiprocessing's queue)."""
+    up and reports); waiting for one (in the pool's queue) it does nothing and prints nothing
+    (was: a traceback from multiprocessing's queue; then: ending at once, which could hang the
+    batch, see below): the batch ends it through the queue."""
     import signal
     import subprocess
     import sys
@@ -191,6 +192,63 @@ def test_a_worker_waiting_for_a_file_ends_quietly_on_a_signal(monkeypatch):
         batch._stop_worker(signal.SIGINT, None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         code = ("import os, signal, time; from birdsep import batch; "
-                f"signal.signal({int(sig)}, batch._stop_worker); os.kill(os.getpid(), {int(sig)}); time.sleep(10)")
+                f"signal.signal({int(sig)}, batch._stop_worker); os.kill(os.getpid(), {int(sig)}); time.sleep(0.2); "
+                "print('waiting')")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 128 + sig and r.stdout == r.stderr == ""
+        assert r.returncode == 0 and r.stdout == "waiting\n" and r.stderr == ""
+
+
+def timed_worker():
+    """Work that takes as many seconds as the file's name says, and 2 s more to clean up when
+    stopped (as a separation stops the thread working ahead of it)."""
+
+    def work(path, target, progress):
+        import time
+
+        progress(0.0)
+        try:
+            time.sleep(float(path.stem))
+        except KeyboardInterrupt:
+            t0 = time.time()
+            while time.time() - t0 < 2.0:
+                time.sleep(0.01)
+            raise
+        return Done(0.0)
+
+    return work
+
+
+def test_sigterm_to_a_busy_and_an_idle_worker_ends_the_pool(tmp_path):
+    """SIGTERM to every worker (a scheduler ending the job's process group), one busy and one
+    waiting for a file: the busy one stops its file, and the pool ends. The waiting worker holds
+    the pool queue's read lock: when it died on the signal, the pool was broken, its manager
+    signalled the busy worker again in its clean-up, which then waited on the dead worker's
+    lock forever, and the batch hung in its shutdown (seen in CI)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from birdsep.batch import _Processes
+    from birdsep.errors import Terminated
+
+    pool = _Processes(2, timed_worker, (), threads=1)
+    started = set()
+    pool.submit(str(tmp_path / "0.wav"), None)
+    pool.submit(str(tmp_path / "60.wav"), None)
+    deadline = time.time() + 120
+    results = []
+    while (len(results) < 1 or str(tmp_path / "60.wav") not in started) and time.time() < deadline:
+        results += pool.poll(0.1, lambda path, fraction: started.add(path))
+    assert len(results) == 1 and str(tmp_path / "60.wav") in started  # one waits for work, one is busy
+    time.sleep(0.5)
+    for pid in list(pool.pool._processes):
+        os.kill(pid, signal.SIGTERM)
+    ended = threading.Thread(target=pool.__exit__, args=(Terminated, Terminated(), None), daemon=True)
+    ended.start()
+    ended.join(60)
+    hung = ended.is_alive()
+    if hung:  # leave no process behind
+        for pid in list(pool.pool._processes):
+            os.kill(pid, signal.SIGKILL)
+    assert not hung

@@ -177,11 +177,12 @@ _busy = False  # a worker is working on a file (not waiting for one)
 
 def _stop_worker(signum, frame) -> None:
     """Ctrl-C or SIGTERM in a worker: stop the file in hand (its clean-up runs, the batch reports
-    it), or, waiting for a file, end quietly: a traceback from the pool's queue would tell the user
-    nothing."""
+    it). A worker waiting for a file does nothing: the batch, which the same Ctrl-C or SIGTERM
+    reached, stops and sends every worker its end through the pool's queue. (Ending at once
+    would be wrong there: the waiting worker holds the queue's read lock, and a process that
+    dies holding it leaves the other workers waiting on it forever, and the batch with them.)"""
     if _busy:
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-    os._exit(128 + signum)
 
 
 def _die_with(parent: int) -> None:
