@@ -137,7 +137,45 @@ def test_pieces_prepared_ahead_score_every_window_as_alone(tmp_path, monkeypatch
         return x[int(t0 * sr) : int(t1 * sr)]
 
     with pytest.raises(AudioError, match="broken frame"):
-        detect._score(failing, sr, 14.0, clf, tracks_for, 1.0, 0.0, True, (RAW,))
+        detect.gathered(detect.score_pieces(failing, sr, 14.0, clf, tracks_for, 1.0, 0.0, True, (RAW,)))
+
+
+class _Bands(_Loudness):
+    """A stand-in classifier with three 'species': the window's RMS through three gains."""
+
+    labels = ["a_A", "b_B", "c_C"]
+
+    def predict(self, windows):
+        return np.clip(super().predict(windows) * np.array([[1.0, 2.0, 4.0]], np.float32), 0, 1)
+
+
+def test_detections_a_piece_at_a_time_are_those_of_the_whole_file(tmp_path, monkeypatch):
+    """The CLI keeps only each piece's detections, not the whole file's (N, M, L) scores (~95 MB
+    an hour with BirdNET's labels, 2.3 GB a day): the detections are those of the whole file's
+    scores combined at once, in the same order."""
+    from birdsep import detect
+    from birdsep.backends import apply_sensitivity
+
+    monkeypatch.setattr(detect, "PIECE_SECONDS", 3.0)  # 3 windows a piece: 5 pieces
+    sr = _Bands.sample_rate
+    x = (np.random.default_rng(1).standard_normal(sr * 14) * np.linspace(0.01, 0.5, sr * 14)).astype(np.float32)
+    path = tmp_path / "mix.wav"
+    audio.write(path, x, sr)
+    gains = np.array([[0.3], [0.9]], np.float32)
+    det = Detector.__new__(Detector)  # a Detector around the stand-in classifier and separator
+    det.opts = ClassifyOptions(mode="mix+separated", min_conf=0.2, window=1.0, sensitivity=1.25)
+    det.classifier, det.keep = _Bands(), np.array([True, False, True])
+    det.rule = detect.rule_for(det.opts.mode, det.opts.combine)
+    det.tracks_for = lambda path, base=None, tracks=None: (lambda piece, sr_in, t0, t1: gains * piece[None])
+
+    dets, end = det.detections(path)
+    fs = det.scores(path)
+    scores, channel = combine(det.opts.mode, fs, det.rule)
+    whole = detect.detections(str(path), fs.spans, apply_sensitivity(scores, 1.25), channel, _Bands.labels, 0.2,
+                              det.keep)
+    assert dets == whole and end == 14.0
+    assert {d.species for d in dets} == {"a_A", "c_C"} and len(dets) > 10 and {d.channel for d in dets} != {"mix"}
+    assert [len(p.spans) for p in det.pieces(path)] == [3, 3, 3, 3, 2]
 
 
 def test_species_list_matches_full_scientific_or_common_names(tmp_path):

@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -181,9 +181,18 @@ def score_file(path, classifier, tracks_for: TracksFor | None = None, *, window:
     with ``tracks_for`` (:func:`separating`, :func:`reading`), each separated track's as heard
     through each of ``inputs``. ``progress``, if given, is called with the fraction done after
     each piece. Raises AudioError."""
+    return gathered(file_pieces(path, classifier, tracks_for, window=window, overlap=overlap, mix=mix, inputs=inputs,
+                                progress=progress))
+
+
+def file_pieces(path, classifier, tracks_for: TracksFor | None = None, *, window: float = 5.0,
+                overlap: float = 0.0, mix: bool = True, inputs: tuple[TrackInput, ...] = (RAW,),
+                progress=None) -> Iterator[FileScores]:
+    """:func:`score_file` a piece at a time (:func:`score_pieces`). Raises AudioError here, before
+    the first piece, for a file that cannot be read."""
     meta = audio.info(path, min_duration=audio.MIN_SECONDS)
-    return _score(lambda t0, t1: audio.load(path, start=t0, duration=t1 - t0)[0], meta.sample_rate, meta.duration,
-                  classifier, tracks_for, window, overlap, mix, inputs, progress)
+    return score_pieces(lambda t0, t1: audio.load(path, start=t0, duration=t1 - t0)[0], meta.sample_rate,
+                        meta.duration, classifier, tracks_for, window, overlap, mix, inputs, progress)
 
 
 def score_array(x: np.ndarray, sample_rate: int, classifier, tracks_for: TracksFor | None = None, *,
@@ -194,7 +203,8 @@ def score_array(x: np.ndarray, sample_rate: int, classifier, tracks_for: TracksF
         first = int(round(t0 * sample_rate))
         return x[first : first + int(round((t1 - t0) * sample_rate))]
 
-    return _score(read, sample_rate, len(x) / sample_rate, classifier, tracks_for, window, overlap, mix, inputs)
+    return gathered(score_pieces(read, sample_rate, len(x) / sample_rate, classifier, tracks_for, window, overlap,
+                                 mix, inputs))
 
 
 @dataclass
@@ -211,13 +221,29 @@ class _Piece:
     sources: int
 
 
-def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor | None, window: float,
-           overlap: float, mix: bool, inputs: tuple[TrackInput, ...], progress=None) -> FileScores:
+def gathered(pieces: Iterator[FileScores]) -> FileScores:
+    """The scores of consecutive pieces of a recording as one :class:`FileScores`."""
+    parts = list(pieces)
+
+    def joined(arrays):
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return FileScores([s for p in parts for s in p.spans], joined([p.mix for p in parts]),
+                      {inp: np.concatenate([p.tracks[inp] for p in parts]) for inp in parts[0].tracks},
+                      joined([p.levels for p in parts]))
+
+
+def score_pieces(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor | None, window: float,
+                 overlap: float, mix: bool, inputs: tuple[TrackInput, ...], progress=None) -> Iterator[FileScores]:
     """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; the rest as :func:`score_file`.
+
+    The scores of a recording a piece (a minute) at a time, in order: what is held does not
+    grow with the recording's length (an hour's (N, M, L) scores of BirdNET's 6,522 labels are
+    ~95 MB, a day's 2.3 GB), for callers that use each piece and let it go (the CLI's detections).
 
     While the classifier scores one piece, the next is read, resampled and separated in a thread
     beside it (:func:`audio.ahead`): at most three pieces are held (one scored, one ready, one
-    being made), so memory stays flat, and the scores are those of one piece after another."""
+    being made), and the scores are those of one piece after another."""
     sr_cls = classifier.sample_rate
     n_cls = int(round(classifier.window_seconds * sr_cls))
     spans = window_spans(duration, window, overlap)
@@ -253,9 +279,6 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
         levels = np.stack([track_levels(src[:, a:b]) for a, b in bounds]) if inputs else None  # (P, M)
         return _Piece(p0, piece, shapes, windows, levels, 0 if src is None else src.shape[0])
 
-    mix_out = np.zeros((len(spans), n_lab), np.float32) if mix else None
-    track_out: dict[TrackInput, np.ndarray] = {}
-    levels = None
     # closed on the way out: an error or Ctrl-C here stops the thread ahead at once (see pipeline)
     with contextlib.closing(audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece))) as pieces:
         for p in pieces:
@@ -265,22 +288,13 @@ def _score(read, sr_in: int, duration: float, classifier, tracks_for: TracksFor 
                 scores.append(flat[k0 : k0 + r * k].reshape(r, k, n_lab).max(axis=1))
                 k0 += r * k
             scores = np.stack(scores)  # (P, R, L)
-            at = slice(p.first, p.first + len(p.spans))
-            if mix:
-                mix_out[at] = scores[:, 0]
-            if inputs:
-                m = p.sources
-                if levels is None:
-                    levels = np.zeros((len(spans), m), np.float32)
-                    track_out = {inp: np.zeros((len(spans), inp.rows(m), n_lab), np.float32) for inp in inputs}
-                levels[at] = p.levels
-                first = int(mix)
-                for inp in inputs:
-                    track_out[inp][at] = scores[:, first : first + inp.rows(m)]
-                    first += inp.rows(m)
+            tracks, first = {}, int(mix)
+            for inp in inputs:
+                tracks[inp] = scores[:, first : first + inp.rows(p.sources)]  # (P, rows, L)
+                first += inp.rows(p.sources)
+            yield FileScores(p.spans, scores[:, 0] if mix else None, tracks, p.levels)
             if progress is not None:
                 progress(min(1.0, (p.first + len(p.spans)) / len(spans)))
-    return FileScores(spans, mix_out, track_out, levels)
 
 
 def rule_for(mode: str, name: str = DEFAULT_RULE) -> Rule:
@@ -452,21 +466,30 @@ class Detector:
     def scores(self, path, inputs: tuple[TrackInput, ...] | None = None, base: Path | None = None,
                tracks: list[Path] | None = None, progress=None) -> FileScores:
         """Window scores of the mix and of the tracks through ``inputs`` (default: the rule's)."""
+        return gathered(self.pieces(path, inputs, base, tracks, progress))
+
+    def pieces(self, path, inputs: tuple[TrackInput, ...] | None = None, base: Path | None = None,
+               tracks: list[Path] | None = None, progress=None) -> Iterator[FileScores]:
+        """:meth:`scores` a piece at a time (:func:`score_pieces`)."""
         o = self.opts
-        return score_file(path, self.classifier, self.tracks_for(Path(path), base, tracks), window=o.window,
-                          overlap=o.overlap / o.window, mix=o.mode != "separated",
-                          inputs=inputs or self.rule.inputs, progress=progress)
+        return file_pieces(path, self.classifier, self.tracks_for(Path(path), base, tracks), window=o.window,
+                           overlap=o.overlap / o.window, mix=o.mode != "separated",
+                           inputs=inputs or self.rule.inputs, progress=progress)
 
     def detections(self, path, base: Path | None = None, tracks: list[Path] | None = None,
                    progress=None) -> tuple[list[Detection], float]:
-        """One file's detections (≥ min_conf after the sensitivity, species kept) and its duration."""
+        """One file's detections (≥ min_conf after the sensitivity, species kept) and its duration,
+        a piece at a time: only the detections are kept, so memory does not grow with the file."""
         from birdsep.backends import apply_sensitivity
 
-        fs = self.scores(path, base=base, tracks=tracks, progress=progress)
-        scores, channel = combine(self.opts.mode, fs, self.rule)
-        scores = apply_sensitivity(scores, self.opts.sensitivity)
-        dets = detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf, self.keep)
-        return dets, fs.spans[-1][1]
+        dets, end = [], 0.0
+        for fs in self.pieces(path, base=base, tracks=tracks, progress=progress):
+            scores, channel = combine(self.opts.mode, fs, self.rule)
+            scores = apply_sensitivity(scores, self.opts.sensitivity)
+            dets += detections(str(path), fs.spans, scores, channel, self.classifier.labels, self.opts.min_conf,
+                               self.keep)
+            end = fs.spans[-1][1]
+        return dets, end
 
     def context(self, path) -> Context:
         o = self.opts
