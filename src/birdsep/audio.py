@@ -166,6 +166,22 @@ def load(
     return x, sr
 
 
+def resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int = 1) -> Iterator[np.ndarray]:
+    """Stream-resample chunks ((t,) for one channel, (C, t) for several) with soxr: the same
+    samples whatever the chunks (no edges between them), aligned with the input's first sample."""
+    if sr_in == sr_out:
+        yield from chunks
+        return
+    stream = soxr.ResampleStream(sr_in, sr_out, channels, dtype="float32", quality="HQ")
+    for c in chunks:
+        y = stream.resample_chunk(np.ascontiguousarray(c.T if channels > 1 else c))
+        if len(y):
+            yield np.ascontiguousarray(y.T) if channels > 1 else y  # rows contiguous: fast sums, no copies to write
+    y = stream.resample_chunk(np.zeros((0, channels) if channels > 1 else 0, np.float32), last=True)
+    if len(y):
+        yield np.ascontiguousarray(y.T) if channels > 1 else y  # rows contiguous: fast sums, no copies to write
+
+
 def blocks(path: str | os.PathLike, block_seconds: float = 10.0, *, start: float = 0.0,
            duration: float | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 blocks at the file's own rate (from ``start`` seconds, for

@@ -21,9 +21,9 @@ inputs.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,7 +44,10 @@ from birdsep.threads import count as thread_count, use as use_threads
 
 log = logging.getLogger(__name__)
 
-PIECE_SECONDS = 60.0
+#: seconds of windows scored at a time: the scores do not depend on it (the mix and the tracks are
+#: streams through the file); shorter holds less (3 pieces at once, ~6 MB a second of audio with
+#: 4 tracks at BirdNET's 48 kHz), longer gives BirdNET more windows a call
+PIECE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -144,34 +147,108 @@ class FileScores:
     levels: np.ndarray | None = None
 
 
-#: tracks_for(piece (T,) at the input's rate, input rate, piece start s, piece end s)
-#: → the piece's tracks (M, T') at the classifier's rate
-TracksFor = Callable[[np.ndarray, int, float, float], np.ndarray]
+#: tracks_for(read, input rate, duration, piece start s, piece end s) → the piece's tracks (M, T')
+#: at the classifier's rate. ``read(t0, t1)`` → (T,) input samples of [t0, t1) s; pieces come in
+#: order (a piece never starts before the one before it), so a provider can stream the recording.
+TracksFor = Callable[[Callable[[float, float], np.ndarray], int, float, float, float], np.ndarray]
+
+#: seconds of input read at a time for the streams (the mix at the classifier's rate, the tracks)
+STREAM_SECONDS = 10.0
+
+
+def segments(read, duration: float, seconds: float = STREAM_SECONDS) -> Iterator[np.ndarray]:
+    """``read`` over [0, duration) s in consecutive segments of ``seconds``: the samples of one read."""
+    k = 0
+    while k * seconds < duration:
+        yield read(k * seconds, min((k + 1) * seconds, duration))
+        k += 1
+
+
+class Cursor:
+    """Samples [a, b) of a stream of chunks ((t,) or (C, t)), asked for in order (``a`` never goes
+    back): the chunks that reach past ``a`` are kept as they came, and each answer is a new array
+    of just [a, b) (a slice would keep the chunks it came from)."""
+
+    def __init__(self, chunks: Iterator[np.ndarray]):
+        self.chunks, self.held, self.start, self.end = chunks, deque(), 0, 0  # held: samples [start, end)
+        self.lead: tuple[int, ...] = ()  # the chunks' leading shape: () or (C,)
+
+    def take(self, a: int, b: int) -> np.ndarray:
+        if a < self.start:
+            raise ValueError(f"a stream is read in order: sample {a} is before {self.start}")
+        while self.end < b or self.end == 0:  # (one chunk at least: its shape)
+            c = next(self.chunks, None)
+            if c is None:  # the stream ended: what there is
+                break
+            self.held.append(c)
+            self.end += c.shape[-1]
+            self.lead = c.shape[:-1]
+        while self.held and self.start + self.held[0].shape[-1] <= a:  # wholly before a: let go
+            self.start += self.held.popleft().shape[-1]
+        parts, at = [], self.start
+        for c in self.held:
+            if at >= b:
+                break
+            parts.append(c[..., max(0, a - at) : b - at])
+            at += c.shape[-1]
+        if not parts:
+            return np.zeros(self.lead + (0,), np.float32)
+        return np.concatenate(parts, axis=-1)
+
+    def close(self) -> None:
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class _Streamed:
+    """A :data:`TracksFor` that makes the recording's tracks as one stream (``make(read, sr_in,
+    duration)`` → (M, t) chunks at ``sr_out``, from the recording's start), whatever the pieces."""
+
+    def __init__(self, make, sr_out: int):
+        self.make, self.sr_out, self.cursor = make, sr_out, None
+
+    def __call__(self, read, sr_in: int, duration: float, t0: float, t1: float) -> np.ndarray:
+        if self.cursor is None:
+            self.cursor = Cursor(self.make(read, sr_in, duration))
+        return self.cursor.take(int(round(t0 * self.sr_out)), int(round(t1 * self.sr_out)))
+
+    def close(self) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
 
 
 def separating(separator, sr_out: int, rt: Runtime = Runtime()) -> TracksFor:
-    """Tracks made here: each piece resampled to the separator's rate, separated, resampled to ``sr_out``."""
-    from birdsep.separation.apply import BlockSettings, separate_array
+    """Tracks made here as ``birdsep separate`` makes them: the recording resampled to the
+    separator's rate and separated as one stream (the same blocks from its start, each track the
+    same voice from block to block, whatever the pieces), the tracks resampled to ``sr_out``."""
+    from birdsep.separation.apply import BlockSettings, separate_stream
 
     settings = BlockSettings(device=rt.device, precision=rt.precision)
-    sr_m = separator.config.sample_rate
+    sr_m, m = separator.config.sample_rate, separator.config.num_sources
 
-    def tracks_for(x, sr_in, t0, t1):
-        return audio.resample(separate_array(separator, audio.resample(x, sr_in, sr_m), sr_m, settings), sr_m, sr_out)
+    def make(read, sr_in, duration):
+        model_rate = audio.resampled(segments(read, duration), sr_in, sr_m)
+        return audio.resampled(separate_stream(separator, model_rate, sr_m, settings), sr_m, sr_out, channels=m)
 
-    return tracks_for
+    return _Streamed(make, sr_out)
 
 
 def reading(tracks: list[Path], sr_out: int) -> TracksFor:
-    """Tracks already on disk (``birdsep separate``'s ``source_k`` files), read a piece at a
-    time and resampled to ``sr_out``; ``source_k`` in the detections is then the voice in that file."""
+    """Tracks already on disk (``birdsep separate``'s ``source_k`` files), read and resampled to
+    ``sr_out`` as one stream; ``source_k`` in the detections is then the voice in that file."""
 
-    def tracks_for(x, sr_in, t0, t1):
-        parts = [audio.load(t, sr_out, start=t0, duration=t1 - t0)[0] for t in tracks]
-        n = min(len(p) for p in parts)
-        return np.stack([p[:n] for p in parts])
+    def make(read, sr_in, duration):
+        sr_t = audio.info(tracks[0]).sample_rate
 
-    return tracks_for
+        def read_tracks(t0, t1):  # (M, t): the files hold the same number of samples
+            parts = [audio.load(t, start=t0, duration=t1 - t0)[0] for t in tracks]
+            n = min(len(p) for p in parts)
+            return np.stack([p[:n] for p in parts])
+
+        return audio.resampled(segments(read_tracks, duration), sr_t, sr_out, channels=len(tracks))
+
+    return _Streamed(make, sr_out)
 
 
 def score_file(path, classifier, tracks_for: TracksFor | None = None, *, window: float = 5.0,
@@ -237,7 +314,7 @@ def score_pieces(read, sr_in: int, duration: float, classifier, tracks_for: Trac
                  overlap: float, mix: bool, inputs: tuple[TrackInput, ...], progress=None) -> Iterator[FileScores]:
     """``read(t0, t1)`` → (T,) mono samples of [t0, t1) s at ``sr_in``; the rest as :func:`score_file`.
 
-    The scores of a recording a piece (a minute) at a time, in order: what is held does not
+    The scores of a recording a piece (:data:`PIECE_SECONDS`) at a time, in order: what is held does not
     grow with the recording's length (an hour's (N, M, L) scores of BirdNET's 6,522 labels are
     ~95 MB, a day's 2.3 GB), for callers that use each piece and let it go (the CLI's detections).
 
@@ -252,17 +329,23 @@ def score_pieces(read, sr_in: int, duration: float, classifier, tracks_for: Trac
     n_lab = len(classifier.labels)
     inputs = tuple(inputs) if tracks_for is not None else ()
 
+    # the mix at the classifier's rate, resampled as one stream: no edges where pieces meet, so the
+    # scores do not depend on the pieces' length
+    mix_rate = Cursor(audio.resampled(segments(read, duration), sr_in, sr_cls))
+
+    def at(t: float) -> int:
+        return int(round(t * sr_cls))
+
     def prepare(p0: int) -> _Piece:
         piece = spans[p0 : p0 + per_piece]
         t0, t1 = piece[0][0], piece[-1][1]
-        x = read(t0, t1)  # (T,) native rate
-        x_cls = audio.resample(x, sr_in, sr_cls)
+        x_cls = mix_rate.take(at(t0), at(t1))  # (T,)
         src = None
         if inputs:
-            src = tracks_for(x, sr_in, t0, t1)  # (M, T'')
+            src = tracks_for(read, sr_in, duration, t0, t1)  # (M, T)
             length = min(len(x_cls), src.shape[1])
             src, x_cls = src[:, :length], x_cls[:length]
-        bounds = [(int(round((s - t0) * sr_cls)), int(round((e - t0) * sr_cls))) for s, e in piece]
+        bounds = [(at(s) - at(t0), at(e) - at(t0)) for s, e in piece]
 
         def streams(a: int, b: int) -> np.ndarray:
             """What is classified in the window [a, b): the mix, then each input's rows (M tracks, or 1). (R, b − a)"""
@@ -279,8 +362,14 @@ def score_pieces(read, sr_in: int, duration: float, classifier, tracks_for: Trac
         levels = np.stack([track_levels(src[:, a:b]) for a, b in bounds]) if inputs else None  # (P, M)
         return _Piece(p0, piece, shapes, windows, levels, 0 if src is None else src.shape[0])
 
-    # closed on the way out: an error or Ctrl-C here stops the thread ahead at once (see pipeline)
-    with contextlib.closing(audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece))) as pieces:
+    # closed on the way out: an error or Ctrl-C here stops the thread ahead at once (see pipeline),
+    # then the streams (soxr's resamplers)
+    with contextlib.ExitStack() as stack:
+        stack.callback(mix_rate.close)
+        if tracks_for is not None and hasattr(tracks_for, "close"):
+            stack.callback(tracks_for.close)
+        pieces = stack.enter_context(contextlib.closing(
+            audio.ahead(prepare(p0) for p0 in range(0, len(spans), per_piece))))
         for p in pieces:
             flat = classifier.predict(p.windows)  # (Σ R·K, L)
             scores, k0 = [], 0

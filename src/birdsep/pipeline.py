@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import soxr
 
 from birdsep import audio, files
 from birdsep.version import __version__
@@ -59,21 +58,6 @@ class SeparateOptions:
     threads: int | None = None
     progress: bool = True
     ray: str | None = None  # a Ray cluster's address (birdsep.cluster); local: start Ray here
-
-
-def _resampled(chunks: Iterator[np.ndarray], sr_in: int, sr_out: int, channels: int = 1) -> Iterator[np.ndarray]:
-    """Stream-resample chunks ((t,) for one channel, (C, t) for several) with soxr."""
-    if sr_in == sr_out:
-        yield from chunks
-        return
-    stream = soxr.ResampleStream(sr_in, sr_out, channels, dtype="float32", quality="HQ")
-    for c in chunks:
-        y = stream.resample_chunk(np.ascontiguousarray(c.T if channels > 1 else c))
-        if len(y):
-            yield np.ascontiguousarray(y.T) if channels > 1 else y  # rows contiguous: fast sums, no copies to write
-    y = stream.resample_chunk(np.zeros((0, channels) if channels > 1 else 0, np.float32), last=True)
-    if len(y):
-        yield np.ascontiguousarray(y.T) if channels > 1 else y  # rows contiguous: fast sums, no copies to write
 
 
 class _Tee:
@@ -164,7 +148,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
         # the input is kept in step with the outputs only when it is read back (high band, shared
         # residual): a tee that nobody reads from would hold the whole recording
         native = _Tee(source) if keep_high_band or share_residual else None
-        model_rate = _resampled(iter(native) if native is not None else source, sr_in, sr_model)
+        model_rate = audio.resampled(iter(native) if native is not None else source, sr_in, sr_model)
 
         # decoding, resampling and the model run a chunk ahead in a thread, while this one draws,
         # quantises, encodes and writes the chunk before (the same chunks, in the same order).
@@ -180,7 +164,7 @@ def separate_file(path: Path, folder: Path, model, opts: SeparateOptions, rt: Ru
                     spec.add(np.concatenate([s.sum(0, keepdims=True), s], axis=0))
                 yield s
 
-        for chunk in _resampled(with_spectrogram(separated), sr_model, sr_out, channels=m):
+        for chunk in audio.resampled(with_spectrogram(separated), sr_model, sr_out, channels=m):
             chunk = chunk[:, : max(0, expected - written)]
             if chunk.shape[1] == 0:
                 continue
