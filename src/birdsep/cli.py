@@ -18,6 +18,7 @@ import sys
 from birdsep import limits, training
 from birdsep.version import __version__
 from birdsep.errors import InputError, Stopped, UsageError, exit_code, require
+from birdsep.threads import limit_malloc_arenas
 from birdsep.modes import DEFAULT_MODE, DEFAULT_RULE, MODES
 from birdsep.separation import runtime
 
@@ -514,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    limit_malloc_arenas()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)

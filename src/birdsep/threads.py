@@ -36,3 +36,25 @@ def count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+#: glibc's malloc arenas for the whole process (its default: 8 per core)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """At most ``arenas`` glibc malloc arenas, as ``MALLOC_ARENA_MAX`` would (unless that is set).
+
+    glibc gives each thread that allocates an arena of its own, which keeps what that thread
+    freed: the thread working ahead, BirdNET's interpreters and PyTorch's threads each held
+    freed pieces of audio (~90 MB at the peak of ``classify --mode mix+separated``, at the same
+    speed; benchmarks/README.md §9). For the command line only: a library leaves its host's
+    allocator alone. Does nothing where the C library has no ``mallopt`` (musl, macOS)."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, int(arenas))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
