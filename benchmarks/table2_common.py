@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from birdsep import metrics
+from birdsep import audio, metrics
 from birdsep.combination import DENOISED_STEADY, PAPER, RAW, Rule, TrackInput, logit
-from birdsep.detect import FileScores, combine, score_file, separating
+from birdsep.detect import FileScores, combine, score_file, separating, window_spans
 from birdsep.evaluation import covers
 
 WINDOW = 5.0
@@ -136,6 +136,15 @@ def weights_digest(folder: Path) -> str:
     return file_digest(folder / "model.safetensors")
 
 
+def digest_of(path: Path) -> tuple[str, bool]:
+    """(the file's digest, whether its scores depend on streaming: more than one minute of windows)."""
+    return file_digest(path), len(window_spans(audio.info(path).duration, WINDOW)) > OLD_PIECE_WINDOWS
+
+
+#: windows per piece before classify streamed (60 s pieces of 5 s windows)
+OLD_PIECE_WINDOWS = 12
+
+
 class ScoreCache:
     """Window scores per recording, computed once per (file, classifier, window[, separator, input])."""
 
@@ -145,14 +154,18 @@ class ScoreCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.computed_s = 0.0
 
-    def _file(self, digest: str, part: str) -> Path:
-        key = json.dumps([digest, self.det.classifier.name, WINDOW, part, self.sep if part != "mix" else None])
+    def _file(self, digest: str, streamed: bool, part: str) -> Path:
+        key = [digest, self.det.classifier.name, WINDOW, part, self.sep if part != "mix" else None]
+        key = json.dumps(key + ["streamed"] if streamed else key)
         return self.root / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
 
     def scores(self, path: Path, inputs: tuple[TrackInput, ...]) -> FileScores:
-        digest = file_digest(path)
-        mix_file = self._file(digest, "mix")
-        files = {inp: self._file(digest, inp.name) for inp in inputs}
+        # Since e5ea780 classify resamples and separates a recording as one stream; before, each
+        # minute (12 windows) on its own. A recording of one such minute scores the same samples
+        # either way; longer ones are keyed anew (their windows where minutes met have changed).
+        digest = digest_of(path)
+        mix_file = self._file(*digest, "mix")
+        files = {inp: self._file(*digest, inp.name) for inp in inputs}
         todo = tuple(inp for inp, f in files.items() if not f.is_file())
         if todo or not mix_file.is_file():
             started = time.time()
