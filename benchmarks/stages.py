@@ -18,7 +18,7 @@ threads are not seen) tell the work apart from waiting for a core on a busy mach
 from __future__ import annotations
 
 import functools
-import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -37,7 +37,8 @@ from typing import Iterator
 STAGES = {
     "loading models": ["birdsep.pretrained:load_model", "birdsep.backends:load_classifier"],
     "decode": ["birdsep.audio:blocks", "birdsep.audio:load"],
-    "resample": ["birdsep.audio:resample", "birdsep.pipeline:_resampled", "birdsep.audio:Resampler.__call__"],
+    "resample": ["birdsep.audio:resample", "birdsep.audio:resampled", "birdsep.pipeline:_resampled",
+                 "birdsep.audio:Resampler.__call__"],
     "model": ["birdsep.separation.apply:separate_stream"],
     "encode": ["birdsep.audio:TrackWriter.write", "birdsep.audio:TrackWriter.close"],
     "picture": ["birdsep.plots:SpectrogramAccumulator.add", "birdsep.plots:SpectrogramAccumulator.result",
@@ -117,14 +118,14 @@ def _timed(fn, stage: str):
     return call
 
 
-def install() -> None:
+def _patch(mod_name: str) -> None:
+    """Wrap the targets that live in ``mod_name`` (just imported)."""
     for stage, targets in STAGES.items():
         for target in targets:
-            mod_name, attr = target.split(":")
-            try:
-                owner = importlib.import_module(mod_name)
-            except ImportError:
+            name_of_module, attr = target.split(":")
+            if name_of_module != mod_name:
                 continue
+            owner = sys.modules[mod_name]
             *path, name = attr.split(".")
             for part in path:
                 owner = getattr(owner, part, None)
@@ -135,6 +136,39 @@ def install() -> None:
                 for mod in list(sys.modules.values()):  # names bound by "from … import" before this
                     if getattr(mod, "__name__", "").startswith("birdsep") and getattr(mod, name, None) is original:
                         setattr(mod, name, wrapped)
+
+
+class _WrapOnImport:
+    """A meta-path finder that wraps a target module's functions right after it is imported, so
+    that profiling imports nothing the command would not (``classify --mode mix`` loads no
+    PyTorch, and its peak memory is measured without it)."""
+
+    def __init__(self, modules: set[str]):
+        self.modules = modules
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.modules:
+            return None
+        self.modules.discard(name)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_wrap(module):
+            exec_module(module)
+            _patch(name)
+
+        spec.loader.exec_module = exec_and_wrap
+        return spec
+
+
+def install() -> None:
+    modules = {t.split(":")[0] for targets in STAGES.values() for t in targets}
+    for name in [m for m in modules if m in sys.modules]:
+        modules.discard(name)
+        _patch(name)
+    sys.meta_path.insert(0, _WrapOnImport(modules))
 
 
 def main() -> None:
