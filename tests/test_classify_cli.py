@@ -307,6 +307,30 @@ def test_birdnet_interpreters_side_by_side_give_the_same_scores(data_dir):
 
 
 @need_birdnet
+def test_birdnet_interpreters_share_one_copy_of_the_model(data_dir):
+    """The interpreters are made from one bytes object of the model (held once, not mapped once
+    per interpreter), and score as an interpreter that maps the file itself does."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from birdsep import litert
+    from birdsep.backends import BirdNET
+
+    path, _ = litert.birdnet_files()
+    assert litert.model_bytes(path) is litert.model_bytes(path)
+    assert litert.model_bytes(path) == path.read_bytes()
+    x, _ = audio.load(data_dir / ROBIN, BirdNET.sample_rate)
+    w = sub_windows(x[None], 3 * BirdNET.sample_rate)[0][:3]  # (3, n)
+    mapped = Interpreter(model_path=str(path), num_threads=1)
+    i, o = mapped.get_input_details()[0]["index"], mapped.get_output_details()[0]["index"]
+    mapped.resize_tensor_input(i, list(w.shape))
+    mapped.allocate_tensors()
+    mapped.set_tensor(i, np.ascontiguousarray(w, np.float32))
+    mapped.invoke()
+    expected = 1.0 / (1.0 + np.exp(-np.clip(mapped.get_tensor(o), -15, 15)))
+    np.testing.assert_array_equal(BirdNET(threads=2).predict(w), expected)
+
+
+@need_birdnet
 def test_birdnet_hears_the_robin_in_every_mode(data_dir, tmp_path):
     clip = _excerpt(data_dir, tmp_path, ROBIN, 10.0, "robin.wav")
     det = Detector(ClassifyOptions(classifier="birdnet", mode="mix+separated", threads=1))

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from birdsep.errors import UsageError
-from birdsep.litert import BIRDNET_HINT, BIRDNET_META, Batches, birdnet_files, birdnet_windows, quiet_stderr
+from birdsep.litert import BIRDNET_HINT, BIRDNET_META, Batches, birdnet_files, birdnet_windows, model_bytes, quiet_stderr
 
 SF_THRESH = 0.03  # BirdNET-Analyzer's default --sf_thresh
 
@@ -70,9 +70,10 @@ class BirdNET:
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         self.batch_size = batch_size
         self._interpreters = []
+        content = model_bytes(model)  # one copy of the model for all the interpreters
         for _ in range(max(1, threads)):
             with quiet_stderr():  # LiteRT prints an INFO line about its CPU delegate (here or at allocation)
-                self._interpreters.append(Interpreter(model_path=str(model), num_threads=1))
+                self._interpreters.append(Interpreter(model_content=content, num_threads=1))
         self._input = self._interpreters[0].get_input_details()[0]["index"]
         self._output = self._interpreters[0].get_output_details()[0]["index"]
         self._batches = [Batches(it, self._input, batch_size) for it in self._interpreters]
