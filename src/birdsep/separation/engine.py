@@ -210,11 +210,13 @@ class BlockStack:
         return get
 
     def head(self, h: torch.Tensor, sources: int) -> torch.Tensor:
-        """(F, B, C) → sigmoid masks (B, M, N, F). Channels-first, as the bases want them."""
-        masks = torch.matmul(self.w_mask, h.permute(1, 2, 0))  # (B, M·N, F)
-        if self.b_mask is not None:
-            masks.add_(self.b_mask[:, None])
-        return masks.sigmoid_().view(h.shape[1], sources, -1, h.shape[0])
+        """(F, B, C) → sigmoid masks (B, M, N, F), a view of time-major memory (F, B, M, N): one GEMM
+        over all frames, and the coefficients of a frame side by side, as the STFT holds them."""
+        frames, b, c = h.shape
+        w = self.w_mask.t()  # (C, M·N)
+        masks = (torch.addmm(self.b_mask, h.reshape(-1, c), w) if self.b_mask is not None
+                 else h.reshape(-1, c) @ w)  # (F·B, M·N)
+        return masks.sigmoid_().view(frames, b, sources, -1).permute(1, 2, 3, 0)
 
 
 class FusedTDCNpp(nn.Module):
@@ -259,13 +261,13 @@ class FusedLearnedBasis(nn.Module):
 
     def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         frames = x.float().unfold(-1, self.window, self.hop)  # (B, F, W), a view
-        coeffs = torch.relu(self.analysis @ frames.transpose(1, 2))  # (B, N, F)
+        coeffs = torch.relu(frames @ self.analysis.t()).transpose(1, 2)  # (B, N, F), time-major memory
         return coeffs, coeffs
 
     def synthesise(self, masks: torch.Tensor, coeffs: torch.Tensor, length: int) -> torch.Tensor:
         b, m, n, f = masks.shape
-        masked = masks.mul_(coeffs[:, None]) if masks.is_contiguous() else masks * coeffs[:, None]  # (B, M, N, F)
-        cols = self.synthesis_t @ masked.view(b * m, n, f)  # (B·M, W, F)
+        masked = masks * coeffs[:, None]  # (B, M, N, F), time-major memory as the head's masks
+        cols = self.synthesis_t @ masked.reshape(b * m, n, f)  # (B·M, W, F)
         total = self.window + (f - 1) * self.hop
         sources = Fn.fold(cols, (1, total), (1, self.window), stride=(1, self.hop))  # (B·M, 1, 1, T')
         return sources.view(b, m, total)
