@@ -58,7 +58,8 @@ def test_chunked_input_equals_whole_input():
 
 def test_alignment_undoes_swaps_across_blocks():
     x = np.abs(np.random.default_rng(1).standard_normal(2000)).astype(np.float32) + 0.1
-    y = separate_array(SplitModel(swap=True, m=3), x, 10, BlockSettings(block_seconds=10.0, overlap=0.5))
+    # one block at a time: the stand-in swaps by the order of its calls
+    y = separate_array(SplitModel(swap=True, m=3), x, 10, BlockSettings(block_seconds=10.0, overlap=0.5, workers=1))
     # without alignment every other block would swap the 0.8 and 0.2 voices
     np.testing.assert_allclose(y[0], 0.8 * x, rtol=1e-5)
     np.testing.assert_allclose(y[1], 0.2 * x, rtol=1e-5)
@@ -99,3 +100,81 @@ def test_best_permutation_matches_scipy(m):
         perm = best_permutation(cost)
         assert sorted(perm) == list(range(m))
         assert cost[np.arange(m), perm].sum() == pytest.approx(cost[rows, cols].sum())
+
+
+class Recording(torch.nn.Module):
+    """A stand-in separator (sources 0.8·x and 0.2·x) that records, in ``Recording.seen`` (the
+    engine runs a copy of the model), how many blocks it separates at once and with how many
+    PyTorch threads."""
+
+    seen: dict = {}
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.config = type("C", (), {"num_sources": 2})
+        Recording.seen = {"lock": threading.Lock(), "active": 0, "most": 0, "threads": set()}
+
+    def forward(self, x):
+        import time
+
+        seen = Recording.seen
+        with seen["lock"]:
+            seen["active"] += 1
+            seen["most"] = max(seen["most"], seen["active"])
+            seen["threads"].add(torch.get_num_threads())
+        time.sleep(0.03)
+        with seen["lock"]:
+            seen["active"] -= 1
+        return torch.stack([x * 0.8, x * 0.2], dim=1)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_blocks_are_separated_by_workers_at_once_each_on_one_thread_in_order(workers):
+    x = np.random.default_rng(3).standard_normal(2000).astype(np.float32)
+    y = separate_array(Recording(), x, 20, BlockSettings(block_seconds=10.0, overlap=0.25, workers=workers))
+    assert Recording.seen["most"] == workers and Recording.seen["threads"] == {1}
+    np.testing.assert_allclose(y[0], 0.8 * x, rtol=1e-5)  # blocks back in their order
+    np.testing.assert_allclose(y[1], 0.2 * x, rtol=1e-5)
+
+
+def test_block_workers_default_to_the_process_threads_on_the_cpu_one_elsewhere():
+    from birdsep import threads
+
+    assert BlockSettings().block_workers() == threads.count()
+    assert BlockSettings(workers=3).block_workers() == 3
+    assert BlockSettings(device="cuda", workers=3).block_workers() == 1
+    with pytest.raises(ValueError):
+        BlockSettings(workers=0)
+
+
+def test_a_failing_block_raises_in_the_caller_and_stops_the_workers():
+    class Failing(Recording):
+        def forward(self, x):
+            super().forward(x)
+            raise RuntimeError("block failed")
+
+    with pytest.raises(RuntimeError, match="block failed"):
+        separate_array(Failing(), np.ones(2000, np.float32), 20, BlockSettings(block_seconds=10.0, workers=2))
+
+
+def test_the_shipped_separators_tracks_do_not_depend_on_workers_or_threads():
+    """Each block runs on one thread of its own: the tracks are the same to the last bit with 1 or
+    3 blocks at once, whatever PyTorch's thread count in the caller."""
+    from birdsep import audio
+    from birdsep.pretrained import EXAMPLE_RECORDING, load_model
+
+    model = load_model("separator_stft_m4")
+    x, _ = audio.load(EXAMPLE_RECORDING, model.config.sample_rate)
+    x = x[: 30 * model.config.sample_rate]  # 3 blocks
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads, workers in ((2, 1), (1, 3), (2, 2)):
+            torch.set_num_threads(threads)
+            runs.append(separate_array(model, x, model.config.sample_rate, BlockSettings(precision="bf16", workers=workers)))
+    finally:
+        torch.set_num_threads(before)
+    for y in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0])
