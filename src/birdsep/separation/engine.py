@@ -279,22 +279,65 @@ def _fuse_learned_basis(basis: LearnedBasis, dtype: torch.dtype) -> nn.Module:
 
 
 class FusedSTFTBasis(nn.Module):
-    """An :class:`~birdsep.separation.layers.STFTBasis` for inference: the same analysis, and the
+    """An :class:`~birdsep.separation.layers.STFTBasis` for inference: the same analysis; the
     synthesis one source at a time, so that a block holds one source's masked coefficients and
-    inverse-FFT frames at once rather than all M (a 12 s block at 32 kHz peaked ~100 MB above
-    the model; two blocks are separated at once)."""
+    frames at once rather than all M (a 12 s block at 32 kHz peaked ~100 MB above the model; two
+    blocks are separated at once), and its inverse STFT written out (hand-written: ``torch.istft``
+    overlap-adds through a general col2im, twice per call, once for the window's envelope):
+
+    * the inverse FFT of each frame along the coefficients, which the time-major masks leave side
+      by side, times the synthesis window;
+    * the overlap-add as W/hop shifted adds of (F, hop) slices;
+    * the division by the window's overlap-added square (its envelope), computed once per frame
+      count and kept, then the centring trimmed: what ``torch.istft(center=True, length=…)`` does.
+    """
 
     def __init__(self, basis: STFTBasis, dtype: torch.dtype):
         super().__init__()
         self.basis = basis
         self.frames_for, self.pad, self.analyse = basis.frames_for, basis.pad, basis.analyse
+        self.window, self.hop = basis.window, basis.hop
+        self.overlaps = basis.window // basis.hop if basis.window % basis.hop == 0 else 0  # 0: not whole, torch.istft
+        self._envelopes: dict = {}
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, W) → (B, W + (F − 1)·hop): frame f added at f·hop."""
+        b, f, _ = frames.shape
+        k, hop = self.overlaps, self.hop
+        out = torch.zeros(b, f + k - 1, hop, device=frames.device, dtype=frames.dtype)
+        parts = frames.view(b, f, k, hop)
+        for j in range(k):
+            out[:, j : j + f] += parts[:, :, j]
+        return out.view(b, -1)
+
+    def _inverse_envelope(self, frames: int, length: int, device) -> torch.Tensor:
+        """(length,) 1 / Σ_f window²(t − f·hop) over the samples kept after the centring."""
+        key = (frames, length, str(device))
+        if key not in self._envelopes:
+            if len(self._envelopes) > 8:
+                self._envelopes.clear()
+            square = self.basis.taper.to(device).pow(2)  # (W,)
+            env = self._overlap_add(square.expand(1, frames, -1).contiguous())[0]
+            start = self.window // 2
+            self._envelopes[key] = 1.0 / env[start : start + length]
+        return self._envelopes[key]
+
+    def _decode(self, coeffs: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, N, F) complex → (B, length): ``basis.decode``'s inverse STFT."""
+        if not self.overlaps:
+            return self.basis.decode(coeffs, length)
+        frames = torch.fft.irfft(coeffs.transpose(1, 2), n=self.window, dim=-1)  # (B, F, W)
+        frames.mul_(self.basis.taper)
+        y = self._overlap_add(frames)  # (B, W + (F − 1)·hop)
+        start = self.window // 2
+        return y[:, start : start + length] * self._inverse_envelope(coeffs.shape[-1], length, coeffs.device)
 
     def synthesise(self, masks: torch.Tensor, coeffs: torch.Tensor, length: int) -> torch.Tensor:
         """real masks (B, M, N, F) × complex coefficients (B, N, F) → (B, M, ``length``)."""
         b, m = masks.shape[:2]
         out = torch.empty(b, m, length, device=coeffs.device)
         for k in range(m):
-            out[:, k] = self.basis.decode(masks[:, k] * coeffs, length)  # (B, length)
+            out[:, k] = self._decode(masks[:, k] * coeffs, length)  # (B, length)
         return out
 
 
