@@ -405,11 +405,19 @@ class Engine:
         return y + ((x - y.sum(-2)) / y.shape[-2]).unsqueeze(-2)  # restore the sum lost to rounding
 
 
+#: raised whenever a fused form's arithmetic or layout changes, so that measured choices
+#: (``--precision auto``'s speed-ups) are measured again. 2: time-major masks, block workers'
+#: one-thread timing, the STFT synthesis written out (2026-12-08)
+ENGINE_REVISION = 2
+
+
 def signature(model: nn.Module) -> str:
     """What decides the engine's arithmetic for ``model`` beside its weights (for caches of
-    measured choices): its class, the fused forms that apply and their precision policy."""
+    measured choices): its class, the fused forms that apply, their precision policy and
+    :data:`ENGINE_REVISION`."""
     kinds = sorted({type(m).__name__ for m in model.modules() if type(m) in FUSIONS})
-    return f"{type(model).__name__}/fused:{','.join(kinds) or '-'}/fp32-leading:{FP32_LEADING_BLOCKS}"
+    return (f"{type(model).__name__}/fused:{','.join(kinds) or '-'}/fp32-leading:{FP32_LEADING_BLOCKS}"
+            f"/engine:{ENGINE_REVISION}")
 
 
 # ----------------------------------------------------------------------------- engines per model
