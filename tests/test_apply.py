@@ -133,7 +133,13 @@ class Recording(torch.nn.Module):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_blocks_are_separated_by_workers_at_once_each_on_one_thread_in_order(workers):
     x = np.random.default_rng(3).standard_normal(2000).astype(np.float32)
-    y = separate_array(Recording(), x, 20, BlockSettings(block_seconds=10.0, overlap=0.25, workers=workers))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = separate_array(Recording(), x, 20, BlockSettings(block_seconds=10.0, overlap=0.25, workers=workers))
+        assert torch.get_num_threads() == 2  # the process's count is put back (the workers set it to 1)
+    finally:
+        torch.set_num_threads(before)
     assert Recording.seen["most"] == workers and Recording.seen["threads"] == {1}
     np.testing.assert_allclose(y[0], 0.8 * x, rtol=1e-5)  # blocks back in their order
     np.testing.assert_allclose(y[1], 0.2 * x, rtol=1e-5)

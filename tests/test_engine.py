@@ -279,3 +279,22 @@ def test_fused_stft_synthesis_is_torch_istft(length):
     ones = fused.synthesise(torch.ones(2, 1, *coeffs.shape[1:]), coeffs, padded.shape[-1])[:, 0, :length]
     torch.testing.assert_close(ones, x, rtol=0, atol=1e-5)
     assert len(fused._envelopes) == 1
+
+
+def test_measuring_precision_on_one_thread_leaves_the_process_thread_count(monkeypatch, tmp_path):
+    """``--precision auto`` times the engines as blocks run (one PyTorch thread); PyTorch's count is
+    the process's, so it is put back after."""
+    monkeypatch.setenv("BIRDSEP_CACHE", str(tmp_path))
+    model = randomised(TINY)
+    R.forget(model)
+    seen = []
+    real = R._measure_here
+    monkeypatch.setattr(R, "_measure_here", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        R.choose_precision(model, "cpu", probe())
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        R.forget(model)

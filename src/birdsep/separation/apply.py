@@ -166,8 +166,8 @@ def blocks_of(chunks: Iterable[np.ndarray], length: int, hop: int) -> Iterator[t
 
 
 def _one_thread(model: torch.nn.Module, block: np.ndarray, settings: BlockSettings) -> np.ndarray:
-    """:func:`run_model` on one thread: OpenMP's thread count belongs to the calling thread, so
-    this sets it for a block worker alone."""
+    """:func:`run_model` with PyTorch on one thread (the process's count: :func:`separated_blocks`
+    puts it back when the blocks are done)."""
     torch.set_num_threads(1)
     return run_model(model, block, settings)
 
@@ -189,6 +189,9 @@ def separated_blocks(model: torch.nn.Module, blocks: Iterator[tuple[np.ndarray, 
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    # PyTorch's thread count is the whole process's (set in a worker, it is the caller's too,
+    # measured): the caller's is put back once no block runs
+    threads_before = torch.get_num_threads()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="birdsep-block")
     running: deque = deque()
     try:
@@ -204,6 +207,7 @@ def separated_blocks(model: torch.nn.Module, blocks: Iterator[tuple[np.ndarray, 
         for future, _ in running:
             future.cancel()
         pool.shutdown(wait=True)
+        torch.set_num_threads(threads_before)
 
 
 def separate_stream(model: torch.nn.Module, chunks: Iterable[np.ndarray], sample_rate: int,

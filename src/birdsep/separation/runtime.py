@@ -170,20 +170,23 @@ def _measure(model, device: str, probe) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     def one_thread():
-        torch.set_num_threads(1)  # this thread's alone (OpenMP's count is per calling thread)
+        torch.set_num_threads(1)
         return _measure_here(model, device, probe)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="birdsep-measure") as pool:
-        return pool.submit(one_thread).result()
+    threads_before = torch.get_num_threads()  # the process's, which one_thread changes too
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="birdsep-measure") as pool:
+            return pool.submit(one_thread).result()
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def _measure_here(model, device: str, probe) -> dict:
     import torch
 
+    from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS
     from birdsep.separation.engine import engine_for
     from birdsep.separation.mixit import si_snr
-
-    from birdsep.separation.apply import DEFAULT_BLOCK_SECONDS
 
     x = torch.as_tensor(probe() if callable(probe) else probe, dtype=torch.float32).reshape(1, -1)
     block = int(DEFAULT_BLOCK_SECONDS * model.config.sample_rate)  # timed on what is separated: a block
