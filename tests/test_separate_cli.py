@@ -102,9 +102,9 @@ def test_input_kept_for_the_high_band_stays_bounded(data_dir, tmp_path, monkeypa
     else:
         from birdsep.separation.apply import BlockSettings
 
-        # the blocks in flight (one per worker, and the next), the one being joined, a chunk read
+        # the blocks in flight (one per worker, and two more), the one being joined, a chunk read
         # ahead: not the 150 s
-        held = (BlockSettings().block_workers() + 3) * BlockSettings().block_seconds
+        held = (BlockSettings().block_workers() + 4) * BlockSettings().block_seconds
         assert len(tees) == 1 and 0 < tees[0].most <= held * sr < 150 * sr
 
 
