@@ -122,13 +122,35 @@ def ci(values: np.ndarray) -> str:
     return f"{np.mean(values):.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def level_table(model, sampler, per_gap: int, seed: int) -> tuple[list[dict], dict]:
+def lost_rows(g: int, refs: torch.Tensor, sources: torch.Tensor, lost: np.ndarray) -> list[dict]:
+    """For each mixture that loses a recording: both references' SI-SNR, which outputs the MixIT
+    assignment gives each, and each output's share of each reference (⟨ŝ_m, r⟩ / ‖r‖²)."""
+    from birdsep.separation.mixit import best_assignment, si_snr
+
+    rows = []
+    for k in np.flatnonzero(lost):
+        r, s = refs[k].double(), sources[k].double()  # (2, T), (M, T)
+        a = best_assignment(r[None], s[None])[0]  # (2, M)
+        share = (s @ r.T) / (r * r).sum(-1)  # (M, 2)
+        rows.append({"gap": f"{g} dB", "mixture": int(k),
+                     "SI-SNR louder / quieter": " / ".join(f"{v:.1f}" for v in si_snr(r, a @ s).tolist()),
+                     "outputs of louder / quieter": " / ".join(
+                         ",".join(str(m + 1) for m in np.flatnonzero(a[i].numpy())) or "none" for i in range(2)),
+                     "each output's share of louder | quieter": "  ".join(
+                         f"{share[m, 0]:.2f}|{share[m, 1]:.2f}" for m in range(s.shape[0]))})
+    return rows
+
+
+def level_table(model, sampler, per_gap: int, seed: int, show_lost: list | None = None) -> tuple[list[dict], dict]:
     rows, summary = [], {}
     for g in GAPS:
         refs = pairs(sampler, per_gap, seed + g, g)
-        s = scores(refs, separate(model, refs.sum(1)))
+        sources = separate(model, refs.sum(1))
+        s = scores(refs, sources)
         quiet = s["sisnri"][:, 1]
         lost = (s["sisnr"].min(1) < LOST_DB)
+        if show_lost is not None:
+            show_lost += lost_rows(g, refs, sources, lost)
         rows.append({"level difference": f"{g} dB", "MoMi [95 % CI]": ci(s["momi"]),
                      "quieter recording SI-SNRi": ci(quiet), "its SI-SNR": ci(s["sisnr"][:, 1]),
                      "louder's SI-SNR": ci(s["sisnr"][:, 0]), "lose a recording": f"{lost.mean():.1%}"})
@@ -227,10 +249,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["separator_stft_m4", "separator_stft_m8"])
     ap.add_argument("--per-gap", type=int, default=48, help="mixtures per level difference")
-    ap.add_argument("--natural", type=int, default=200, help="mixtures at natural levels")
+    ap.add_argument("--natural", type=int, default=200, help="mixtures at natural levels (0: skip)")
     ap.add_argument("--planted", type=int, default=96, help="songs planted in real background (0: skip)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--show-lost", action="store_true",
+                    help="list the level mixtures that lose a recording: where each reference went")
     ap.add_argument("--path", choices=("bf16", "fp32", "forward"), default="bf16",
                     help="birdsep's inference path in bf16 (default: what `birdsep separate` takes on a CPU with "
                          "bf16 support) or fp32, or the model's own forward")
@@ -257,16 +281,22 @@ def main() -> None:
         sampler = WindowSampler(index, SECONDS, rate)
         folder = resolve(name)
         print(f"## {name} ({folder}; M = {model.config.num_sources}, {rate} Hz; separated by {a.path})")
-        rows, summaries[name] = level_table(model, sampler, a.per_gap, a.seed)
+        shown = [] if a.show_lost else None
+        rows, summaries[name] = level_table(model, sampler, a.per_gap, a.seed, shown)
         print(f"Level differences ({a.per_gap} mixtures each; equal RMS, the second recording lowered)")
         table(rows)
-        natural.append({"separator": name, **natural_table(model, sampler, a.natural, a.seed + 100)})
+        if shown:
+            print("Mixtures that lose a recording (outputs numbered 1…M)")
+            table(shown)
+        if a.natural:
+            natural.append({"separator": name, **natural_table(model, sampler, a.natural, a.seed + 100)})
         if a.planted:
             print(f"Faint songs planted in real Jura recorder background ({a.planted} songs, 6 s windows)")
             table(planted_table(model, planted(rate, a.planted, a.seed + 200, classifier.labels), classifier))
         print(f"({time.time() - t0:.0f} s)\n")
-    print(f"Natural levels (the paper's evaluation: random 6 s windows summed as they are)")
-    table(natural)
+    if natural:
+        print("Natural levels (the paper's evaluation: random 6 s windows summed as they are)")
+        table(natural)
     print("Summary: MoMi (dB) by level difference, and recordings lost over all gaps")
     rows = []
     for name, s in summaries.items():
