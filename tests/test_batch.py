@@ -252,3 +252,29 @@ def test_sigterm_to_a_busy_and_an_idle_worker_ends_the_pool(tmp_path):
         for pid in list(pool.pool._processes):
             os.kill(pid, signal.SIGKILL)
     assert not hung
+
+
+def test_a_signal_during_a_progress_put_stops_the_file_after_the_put(monkeypatch):
+    """multiprocessing's queue is not safe to interrupt (a worker hung at exit, joining a feeder
+    thread that was never told to stop): Ctrl-C or SIGTERM while a worker puts its progress is
+    raised right after the put, which completes."""
+    import signal as sig
+
+    from birdsep import batch
+
+    done = []
+
+    class Queue:
+        def put(self, item):
+            if not done:
+                batch._stop_worker(sig.SIGTERM, None)  # the signal lands inside the first put
+            done.append(item)
+
+    monkeypatch.setattr(batch, "_progress_queue", Queue())
+    monkeypatch.setattr(batch, "_busy", True)
+    with pytest.raises(batch.Terminated):
+        batch._report("a.flac", 0.5)
+    assert done == [("a.flac", 0.5)] and not batch._reporting and not batch._deferred
+    batch._report("a.flac", 0.6)  # no signal: nothing raised
+    with pytest.raises(batch.Terminated):  # outside a put it is raised at once
+        batch._stop_worker(sig.SIGTERM, None)

@@ -173,6 +173,8 @@ _worker: Work | None = None
 _progress_queue = None
 _stopping = None  # set by the parent when the batch stops: files still queued are not started
 _busy = False  # a worker is working on a file (not waiting for one)
+_reporting = False  # … and is putting its progress on the batch's queue
+_deferred: list[int] = []  # a signal that came while it was
 
 
 def _stop_worker(signum, frame) -> None:
@@ -182,6 +184,24 @@ def _stop_worker(signum, frame) -> None:
     would be wrong there: the waiting worker holds the queue's read lock, and a process that
     dies holding it leaves the other workers waiting on it forever, and the batch with them.)"""
     if _busy:
+        if _reporting:  # raised inside the queue's put it could leave its feeder thread never told to
+            _deferred.append(signum)  # stop, and the worker hanging at exit (seen): raised right after
+            return
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _report(path: str, fraction: float) -> None:
+    """Put a worker's progress on the batch's queue; Ctrl-C or SIGTERM meanwhile stops the file
+    right after the put (multiprocessing's queue is not safe to interrupt)."""
+    global _reporting
+    _reporting = True
+    try:
+        _progress_queue.put((path, fraction))
+    finally:
+        _reporting = False
+    if _deferred:
+        signum = _deferred.pop()
+        _deferred.clear()
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
@@ -221,6 +241,7 @@ def _init_worker(parent: int, make_worker, args, threads: int, queue, stopping) 
 
         torch.set_num_threads(threads)
         _worker, _progress_queue, _stopping = make_worker(*args), queue, stopping
+        queue.cancel_join_thread()  # progress not yet sent need not hold up the worker's exit
         signal.signal(signal.SIGINT, _stop_worker)
         signal.signal(signal.SIGTERM, _stop_worker)
         if stopped:
@@ -235,7 +256,7 @@ def _in_worker(path: str, target: str | None) -> Result:
         return path, None, f"{path}: not started (the batch was stopped)", None
     _busy = True
     try:
-        return guarded(_worker, path, target, lambda fraction: _progress_queue.put((path, fraction)))
+        return guarded(_worker, path, target, lambda fraction: _report(path, fraction))
     finally:
         _busy = False
 
